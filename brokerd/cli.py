@@ -1,0 +1,423 @@
+"""``ncp-broker``: start, stop and administer the daemon.
+
+Secrets (access keys, client secrets) are read from standard input, a file or an environment variable,
+never from the command line, where every user on the machine could see them in ``ps``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from brokerd import __version__, config, fsutil, paths
+from brokerd.secret import Secret
+
+__all__ = ["main"]
+
+# Exit statuses shared with ncp-token where they mean the same thing.
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NOT_RUNNING = 0, 1, 2, 3
+START_TIMEOUT = 15.0
+STOP_TIMEOUT = 10.0
+
+
+class CliError(Exception):
+    def __init__(self, message: str, status: int = EXIT_ERROR) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+# ---- talking to the daemon ------------------------------------------------------------------------
+
+
+def _call(args: argparse.Namespace, request: dict[str, Any], timeout: float = 10.0) -> Any:
+    from ncp_client import BrokerError, BrokerNotRunning, call
+
+    try:
+        return call(request, timeout=timeout, socket_path=args.socket)
+    except BrokerNotRunning as exc:
+        raise CliError(str(exc), EXIT_NOT_RUNNING) from None
+    except BrokerError as exc:
+        raise CliError(str(exc), exc.exit_status) from None
+
+
+def _running(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The daemon's hello answer, or None when nothing answers on the socket."""
+    from ncp_client import BrokerError, call
+
+    try:
+        result = call({"op": "hello"}, timeout=2.0, socket_path=args.socket)
+    except BrokerError:
+        return None
+    return result if isinstance(result, dict) else None
+
+
+# ---- secrets from stdin / file / env --------------------------------------------------------------
+
+
+def _read_secret(source: str, what: str) -> Secret:
+    """Read a secret from ``-`` (stdin), ``file:PATH`` or ``env:NAME``."""
+    if source == "-":
+        if sys.stdin.isatty():
+            import getpass
+
+            value = getpass.getpass(f"{what}: ")
+        else:
+            value = sys.stdin.readline()
+    elif source.startswith("file:"):
+        try:
+            value = Path(source[5:]).expanduser().read_text().splitlines()[0]
+        except (OSError, IndexError) as exc:
+            raise CliError(f"cannot read the {what} from {source[5:]}: {exc}") from None
+    elif source.startswith("env:"):
+        value = os.environ.get(source[4:], "")
+        if not value:
+            raise CliError(f"the environment variable {source[4:]} is empty or not set")
+    else:
+        raise CliError(
+            f"{what}s are never taken from the command line (other users can read it); "
+            "give - (stdin), file:PATH or env:NAME",
+            EXIT_USAGE,
+        )
+    value = value.strip()
+    if not value:
+        raise CliError(f"the {what} is empty")
+    return Secret(value)
+
+
+# ---- commands -------------------------------------------------------------------------------------
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    from brokerd import daemon
+
+    opts = daemon.DaemonOptions(config_path=args.config, socket_path=args.socket)
+    if args.foreground:
+        return daemon.run(opts)
+    if hello := _running(args):
+        print(f"ncp-broker is already running (pid {hello.get('pid')}) on {args.socket}")
+        return EXIT_OK
+    return _start_background(args)
+
+
+def _start_background(args: argparse.Namespace) -> int:
+    try:
+        fsutil.ensure_private_dir(paths.state_dir())
+    except (OSError, fsutil.UnsafePathError) as exc:
+        raise CliError(f"log directory: {exc}") from None
+    log_file = paths.log_path()
+    log_fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+    os.fchmod(log_fd, 0o600)
+    read_end, write_end = os.pipe()
+    env = dict(os.environ, NCP_BROKER_READY_FD=str(write_end), NCP_BROKER_SOCK=str(args.socket))
+    cmd = [sys.executable, "-m", "brokerd", "--config", str(args.config), "--log-level", args.log_level]
+    try:
+        child = subprocess.Popen(
+            [*cmd, "start", "--foreground"],
+            stdin=subprocess.DEVNULL,
+            stdout=log_fd,
+            stderr=log_fd,
+            pass_fds=(write_end,),
+            env=env,
+            start_new_session=True,  # survives the terminal that started it
+        )
+    finally:
+        os.close(write_end)
+        os.close(log_fd)
+    answer = _read_readiness(read_end, START_TIMEOUT)
+    if answer == "ready":
+        print(f"ncp-broker started (pid {child.pid}) on {args.socket}; log: {log_file}")
+        return EXIT_OK
+    if answer.startswith("error ") and "already running" in answer:
+        print(answer[6:])
+        return EXIT_OK
+    if answer.startswith("error "):
+        raise CliError(f"ncp-broker did not start: {answer[6:]}\n  log: {log_file}")
+    status = child.poll()
+    raise CliError(
+        f"ncp-broker did not report readiness within {START_TIMEOUT:g} s "
+        f"({'still starting' if status is None else f'exit status {status}'}); see {log_file}"
+    )
+
+
+def _read_readiness(fd: int, timeout: float) -> str:
+    import selectors
+
+    deadline = time.monotonic() + timeout
+    data = b""
+    with selectors.DefaultSelector() as sel:
+        sel.register(fd, selectors.EVENT_READ)
+        try:
+            while b"\n" not in data:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not sel.select(remaining):
+                    break
+                chunk = os.read(fd, 4096)
+                if not chunk:
+                    break
+                data += chunk
+        finally:
+            os.close(fd)
+    return data.decode(errors="replace").strip()
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    hello = _running(args)
+    if hello is None:
+        print(f"ncp-broker is not running on {args.socket}")
+        return EXIT_OK
+    _call(args, {"op": "shutdown"})
+    deadline = time.monotonic() + STOP_TIMEOUT
+    while time.monotonic() < deadline:
+        if _running(args) is None:
+            print(f"ncp-broker stopped (pid {hello.get('pid')})")
+            return EXIT_OK
+        time.sleep(0.05)
+    raise CliError(f"ncp-broker (pid {hello.get('pid')}) did not stop within {STOP_TIMEOUT:g} s")
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    summary = _call(args, {"op": "reload"})
+    parts = [f"{k}: {', '.join(v)}" for k, v in summary.items() if v]
+    print("config reloaded" + (f" ({'; '.join(parts)})" if parts else ", nothing changed"))
+    return EXIT_OK
+
+
+def _fmt_time(ts: Any) -> str:
+    if not isinstance(ts, int | float):
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    request: dict[str, Any] = {"op": "status"}
+    if args.server:
+        request["server"] = args.server
+    try:
+        status = _call(args, request)
+    except CliError as exc:
+        if exc.status != EXIT_NOT_RUNNING:
+            raise
+        if args.json:
+            print(json.dumps({"running": False, "socket": str(args.socket)}))
+        else:
+            print(f"ncp-broker is not running (socket {args.socket})\n  start it with: ncp-broker start")
+        return EXIT_NOT_RUNNING
+    if args.json:
+        print(json.dumps({"running": True, **status}, indent=2))
+        return EXIT_OK
+    d = status["daemon"]
+    print(f"ncp-broker {d['version']} (pid {d['pid']}) since {_fmt_time(d['started_at'])}")
+    print(f"  socket: {d['socket']}\n  config: {d['config']}\n  store:  {d['store']}")
+    rows = [("SERVER", "STATE", "URL", "DETAIL")]
+    for s in status["servers"]:
+        rows.append((s["name"], s.get("state", "-"), s.get("url") or "-", s.get("detail", "")))
+    if len(rows) == 1:
+        print("\nno servers configured; add one with: ncp-broker add NAME URL --oauth")
+        return EXIT_OK
+    widths = [max(len(str(r[i])) for r in rows) for i in range(3)]
+    print()
+    for row in rows:
+        print("  ".join(str(c).ljust(w) for c, w in zip(row[:3], widths, strict=True)) + "  " + str(row[3]))
+    for s in status["servers"]:
+        if s.get("hint"):
+            print(f"\n{s['name']}: {s['hint']}")
+    return EXIT_OK
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    cfg = _load_config(args)
+    for server in cfg.servers.values():
+        what = server.kind if server.kind != "none" else f"not brokered: {server.reason}"
+        print(f"{server.name}\t{server.url or '-'}\t{what}")
+    return EXIT_OK
+
+
+def _load_config(args: argparse.Namespace) -> config.Config:
+    try:
+        return config.load(args.config)
+    except config.ConfigError as exc:
+        raise CliError(str(exc)) from None
+
+
+def _edit(args: argparse.Namespace, change: Callable[[dict[str, Any]], None]) -> None:
+    try:
+        config.edit_raw(args.config, change)
+    except config.ConfigError as exc:
+        raise CliError(str(exc)) from None
+    except OSError as exc:
+        raise CliError(f"cannot write {args.config}: {exc.strerror}") from None
+
+
+def _reload_if_running(args: argparse.Namespace) -> None:
+    if _running(args) is not None:
+        _call(args, {"op": "reload"})
+
+
+def cmd_add(args: argparse.Namespace) -> int:
+    if args.access_key is None and not args.oauth:
+        raise CliError("choose --oauth or --access-key SOURCE", EXIT_USAGE)
+    auth: dict[str, Any]
+    key: Secret | None = None
+    if args.access_key is not None:
+        key = _read_secret(args.access_key, "access key")
+        auth = {"type": "bearer"}
+    else:
+        oauth21: dict[str, Any] = {}
+        if args.scopes:
+            oauth21["scopes"] = [s for s in args.scopes.replace(" ", ",").split(",") if s]
+        if args.callback_port is not None:
+            oauth21["callbackPort"] = args.callback_port
+        if args.client_id:
+            oauth21["clientId"] = args.client_id
+        if args.client_secret:
+            oauth21["clientSecret"] = _read_secret(args.client_secret, "client secret").reveal()
+        if args.client_metadata_url:
+            oauth21["clientMetadataUrl"] = args.client_metadata_url
+        auth = {"type": "oauth", "oauth21": oauth21}
+    if args.allow_insecure_loopback:
+        auth["allowInsecureLoopback"] = True
+    if args.allow_private_network:
+        auth["allowPrivateNetwork"] = True
+
+    def change(raw: dict[str, Any]) -> None:
+        entry = raw["mcpServers"].get(args.name)
+        entry = dict(entry) if isinstance(entry, dict) else {}
+        entry["url"] = args.url
+        entry["auth"] = auth
+        raw["mcpServers"][args.name] = entry
+
+    _edit(args, change)
+    if key is not None:
+        _store_access_key(args, args.name, args.url, key)
+    _reload_if_running(args)
+    print(f"added {args.name} ({args.url}) to {args.config}")
+    if args.oauth:
+        print(f"  log in with: ncp-broker login {args.name}")
+    return EXIT_OK
+
+
+def _store_access_key(args: argparse.Namespace, name: str, url: str, key: Secret) -> None:
+    """Keep the key in the credential store, through the daemon when it runs (it owns the store)."""
+    if _running(args) is not None:
+        _call(args, {"op": "reload"})
+        _call(args, {"op": "set_access_key", "server": name, "key": key.reveal()})
+        return
+    import trio
+
+    from brokerd.store import open_store
+
+    async def save() -> None:
+        store = open_store(_load_config(args).store, paths.data_dir())
+        await store.save_access_key(url, key)
+
+    trio.run(save)
+
+
+def cmd_remove(args: argparse.Namespace) -> int:
+    cfg = _load_config(args)
+    if args.name not in cfg.servers:
+        raise CliError(f"no server named {args.name!r} in {args.config}", 4)
+
+    def change(raw: dict[str, Any]) -> None:
+        del raw["mcpServers"][args.name]
+
+    _edit(args, change)
+    _reload_if_running(args)
+    print(f"removed {args.name} from {args.config}")
+    return EXIT_OK
+
+
+# ---- argument parsing -----------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ncp-broker",
+        description="One OAuth 2.1 credential broker per user for MCP servers.",
+        epilog='Shell use: curl -H "Authorization: Bearer $(ncp-token SERVER)" …  — see docs/.',
+    )
+    p.add_argument("--version", action="version", version=f"ncp-broker {__version__}")
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="config file in NCP's mcpServers format (default: $NCP_BROKER_CONFIG or %(default)s)",
+    )
+    p.add_argument(
+        "--socket", type=Path, default=None, help="socket path (default: $NCP_BROKER_SOCK or the runtime dir)"
+    )
+    p.add_argument(
+        "--log-level",
+        default=os.environ.get("NCP_BROKER_LOG_LEVEL", "info"),
+        choices=["debug", "info", "warning", "error"],
+        help="daemon log level (default: info)",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("start", help="start the daemon (in the background unless --foreground)")
+    s.add_argument("--foreground", action="store_true", help="stay in the foreground (for service managers)")
+    s.set_defaults(func=cmd_start)
+    sub.add_parser("stop", help="stop the daemon").set_defaults(func=cmd_stop)
+    sub.add_parser("reload", help="re-read the config (a bad file is refused)").set_defaults(func=cmd_reload)
+    s = sub.add_parser("status", help="the daemon and every server's state")
+    s.add_argument("server", nargs="?", help="only this server")
+    s.add_argument("--json", action="store_true", help="machine-readable (never contains a token)")
+    s.set_defaults(func=cmd_status)
+    sub.add_parser("list", help="configured servers, from the config file").set_defaults(func=cmd_list)
+
+    s = sub.add_parser("add", help="add or replace a server in the config")
+    s.add_argument("name")
+    s.add_argument("url")
+    how = s.add_mutually_exclusive_group()
+    how.add_argument("--oauth", action="store_true", help="OAuth 2.1 (discovered, registered dynamically)")
+    how.add_argument(
+        "--access-key",
+        metavar="SOURCE",
+        help="a static Bearer key, read from - (stdin), file:PATH or env:NAME — never from argv",
+    )
+    s.add_argument("--scopes", help="comma-separated scopes to request (default: discovered)")
+    s.add_argument("--callback-port", type=int, help="fixed loopback callback port (default: any free port)")
+    s.add_argument("--client-id", help="pre-registered client id")
+    s.add_argument(
+        "--client-secret", metavar="SOURCE", help="pre-registered client secret: -, file:PATH or env:NAME"
+    )
+    s.add_argument("--client-metadata-url", help="https URL of this client's metadata document")
+    s.add_argument(
+        "--allow-insecure-loopback", action="store_true", help="allow plain http to 127.0.0.1 (tests)"
+    )
+    s.add_argument(
+        "--allow-private-network", action="store_true", help="allow private and link-local addresses"
+    )
+    s.set_defaults(func=cmd_add)
+
+    s = sub.add_parser("remove", help="delete a server from the config")
+    s.add_argument("name")
+    s.set_defaults(func=cmd_remove)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    args.config = (args.config or paths.config_path()).expanduser()
+    args.socket = (args.socket or paths.socket_path()).expanduser()
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=getattr(logging, args.log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        status: int = args.func(args)
+    except CliError as exc:
+        print(f"ncp-broker: {exc}", file=sys.stderr)
+        return exc.status
+    except KeyboardInterrupt:
+        return 130
+    return status

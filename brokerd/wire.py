@@ -1,0 +1,164 @@
+"""The socket protocol: newline-delimited JSON, one response per request, in order.
+
+Requests are a msgspec tagged union on the ``op`` field, decoded by one Decoder made once; responses are
+``{"id": …, "ok": true, "result": {…}}`` or ``{"id": …, "ok": false, "error": {"code", "message", "hint"}}``.
+``docs/protocol.md`` is the reference for other languages; the thin client (``ncp_client``) speaks it with
+the standard library only.
+
+Framing rules the daemon enforces (DESIGN.md rule 6): a frame is at most :data:`MAX_FRAME` bytes including
+its newline; a partial frame must complete within :data:`FRAME_DEADLINE` seconds; an idle connection is
+closed after :data:`IDLE_TIMEOUT`. A frame that is not a valid request gets a ``bad_request`` error and the
+connection stays usable; an oversized or endless frame gets ``frame_too_large`` and the connection closes
+(its framing is lost).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+from brokerd.secret import Secret, dec_hook, enc_hook
+
+__all__ = [
+    "DEFAULT_MIN_TTL",
+    "FRAME_DEADLINE",
+    "IDLE_TIMEOUT",
+    "MAX_FRAME",
+    "PROTOCOL_VERSION",
+    "ErrorCode",
+    "GetToken",
+    "Hello",
+    "ListServers",
+    "Reload",
+    "Request",
+    "SetAccessKey",
+    "Shutdown",
+    "Status",
+    "TokenRejected",
+    "WireError",
+    "decode_request",
+    "encode_error",
+    "encode_result",
+    "request_id",
+]
+
+PROTOCOL_VERSION = 1
+MAX_FRAME = 64 * 1024
+FRAME_DEADLINE = 10.0
+IDLE_TIMEOUT = 600.0
+DEFAULT_MIN_TTL = 30.0
+
+ErrorCode = Literal[
+    "bad_request",  # the frame is not a valid request; fix the client
+    "frame_too_large",  # a frame over MAX_FRAME; the connection is closed
+    "unsupported_protocol",  # hello asked for a protocol version the daemon does not speak
+    "unknown_server",  # no such name in the config
+    "not_brokered",  # the entry exists but the broker does not hold credentials for it
+    "needs_login",  # no usable grant; the hint names the login command
+    "login_in_progress",  # a login is pending; wait for it or complete it
+    "login_unavailable",  # this daemon cannot log in to that server (yet)
+    "as_unreachable",  # the authorization server cannot be reached; the current token has expired
+    "config_error",  # reload refused: the file is bad; the old config stays in force
+    "internal",  # a bug; the daemon stays up, the message says where to look
+]
+
+
+class WireError(Exception):
+    """An error answer: a stable ``code``, a sentence, and the command a person can run (``hint``)."""
+
+    def __init__(self, code: ErrorCode, message: str, hint: str = "") -> None:
+        super().__init__(message)
+        self.code: ErrorCode = code
+        self.message = message
+        self.hint = hint
+
+
+class _Base(msgspec.Struct, tag_field="op", forbid_unknown_fields=True, kw_only=True):
+    id: int | str | None = None
+
+
+class Hello(_Base, tag="hello"):
+    """Optional handshake: what protocol and version the daemon speaks."""
+
+    protocol: int = PROTOCOL_VERSION
+    client: str = ""
+
+
+class GetToken(_Base, tag="get_token"):
+    """A fresh access token with at least ``min_ttl`` seconds left (capped for short-lived tokens)."""
+
+    server: str
+    min_ttl: float | None = None
+
+
+class TokenRejected(_Base, tag="token_rejected"):
+    """The resource answered 401 to ``token``: refresh if it is still current, else return the newer one."""
+
+    server: str
+    token: Secret
+
+
+class Status(_Base, tag="status"):
+    """The state of every server (or one), the socket path and the store in use. Never a token."""
+
+    server: str | None = None
+
+
+class ListServers(_Base, tag="list"):
+    """Configured server names, their URL and whether they are brokered."""
+
+
+class Reload(_Base, tag="reload"):
+    """Re-read the config file. A bad file is refused and the running config stays."""
+
+
+class SetAccessKey(_Base, tag="set_access_key"):
+    """Store a static access key for a ``bearer`` server (``ncp-broker add NAME URL --access-key -``)."""
+
+    server: str
+    key: Secret
+
+
+class Shutdown(_Base, tag="shutdown"):
+    """Stop the daemon after answering."""
+
+
+Request = Hello | GetToken | TokenRejected | Status | ListServers | Reload | SetAccessKey | Shutdown
+
+_decoder: msgspec.json.Decoder[Request] = msgspec.json.Decoder(Request, dec_hook=dec_hook)
+_encoder = msgspec.json.Encoder(enc_hook=enc_hook)
+_id_decoder = msgspec.json.Decoder(dict[str, Any])
+
+
+def decode_request(frame: bytes) -> Request:
+    """Decode one frame (without its newline).
+
+    Raises:
+        WireError: ``bad_request`` with msgspec's description of what is wrong (which never contains
+            field values, so a token in a malformed frame is not echoed back).
+    """
+    try:
+        return _decoder.decode(frame)
+    except msgspec.ValidationError as exc:
+        raise WireError("bad_request", f"invalid request: {exc}", "see docs/protocol.md") from None
+    except msgspec.DecodeError:
+        raise WireError("bad_request", "invalid request: not a JSON object", "see docs/protocol.md") from None
+
+
+def request_id(frame: bytes) -> int | str | None:
+    """The ``id`` of a frame that failed to decode, if it has a usable one, so the error can carry it."""
+    try:
+        value = _id_decoder.decode(frame).get("id")
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    return value if isinstance(value, int | str) and not isinstance(value, bool) else None
+
+
+def encode_result(req_id: int | str | None, result: Any) -> bytes:
+    return _encoder.encode({"id": req_id, "ok": True, "result": result}) + b"\n"
+
+
+def encode_error(req_id: int | str | None, error: WireError) -> bytes:
+    body = {"code": error.code, "message": error.message, "hint": error.hint}
+    return _encoder.encode({"id": req_id, "ok": False, "error": body}) + b"\n"

@@ -1,0 +1,137 @@
+"""``ncp-token``: print a fresh access token from ncp-broker.
+
+Start-up time matters (hosts run it per connection), so this module imports only what it needs from the
+standard library and parses its few options by hand instead of loading argparse.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Sequence
+from urllib.parse import urlsplit
+
+from ncp_client._errors import BrokerError, UnknownServer
+from ncp_client._protocol import DEFAULT_TIMEOUT, call
+
+__all__ = ["main"]
+
+USAGE = """\
+usage: ncp-token [SERVER] [--header | --headers-json] [--min-ttl SECONDS] [--timeout SECONDS]
+
+Print a fresh access token for SERVER (a name from the ncp-broker config).
+
+  SERVER            if omitted: $CLAUDE_CODE_MCP_SERVER_NAME, else the server whose URL is
+                    $CLAUDE_CODE_MCP_SERVER_URL
+  --header          print "Authorization: Bearer <token>"
+  --headers-json    print {"Authorization": "Bearer <token>"} (for header-helper hosts)
+  --min-ttl S       the token must stay valid for at least S seconds (default: the daemon's, 30)
+  --timeout S       give up after S seconds (default 5)
+
+The socket is $NCP_BROKER_SOCK, else the daemon's default. Exit status: 0 ok, 2 usage, 3 broker not
+running, 4 unknown server, 5 needs login, 6 authorization server unreachable, 7 protocol error,
+1 other refusal.
+"""
+
+EXIT_USAGE = 2
+
+
+class _Usage(Exception):
+    pass
+
+
+def _parse(argv: Sequence[str]) -> dict[str, object]:
+    opts: dict[str, object] = {"format": "raw", "min_ttl": None, "timeout": DEFAULT_TIMEOUT, "server": None}
+    args = list(argv)
+    while args:
+        arg = args.pop(0)
+        if arg in ("-h", "--help"):
+            opts["help"] = True
+        elif arg == "--header":
+            opts["format"] = "header"
+        elif arg == "--headers-json":
+            opts["format"] = "json"
+        elif arg.split("=", 1)[0] in ("--min-ttl", "--timeout"):
+            name, _, value = arg.partition("=")
+            if not value:
+                if not args:
+                    raise _Usage(f"{name} needs a value")
+                value = args.pop(0)
+            try:
+                number = float(value)
+            except ValueError:
+                raise _Usage(f"{name} takes a number of seconds, not {value!r}") from None
+            if not number >= 0:  # also refuses NaN
+                raise _Usage(f"{name} must be a non-negative number")
+            opts[name[2:].replace("-", "_")] = number
+        elif arg.startswith("-") and arg != "-":
+            raise _Usage(f"unknown option {arg}")
+        elif opts["server"] is None:
+            opts["server"] = arg
+        else:
+            raise _Usage("give one SERVER")
+    return opts
+
+
+def _url_key(url: str) -> str:
+    parts = urlsplit(url.strip())
+    return f"{parts.scheme.lower()}://{parts.netloc.lower()}{parts.path.rstrip('/')}"
+
+
+def _server_from_env(timeout: float) -> str:
+    name = os.environ.get("CLAUDE_CODE_MCP_SERVER_NAME")
+    if name:
+        return name
+    url = os.environ.get("CLAUDE_CODE_MCP_SERVER_URL")
+    if not url:
+        raise _Usage("no SERVER given, and neither CLAUDE_CODE_MCP_SERVER_NAME nor _URL is set")
+    listing = call({"op": "list"}, timeout=timeout)
+    wanted = _url_key(url)
+    for entry in listing.get("servers", []) if isinstance(listing, dict) else []:
+        if isinstance(entry, dict) and entry.get("url") and _url_key(str(entry["url"])) == wanted:
+            return str(entry["name"])
+    raise UnknownServer(
+        "unknown_server",
+        f"no configured server has the URL {url}",
+        f"ncp-broker add NAME {url} --oauth   (or --access-key -)",
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        opts = _parse(sys.argv[1:] if argv is None else argv)
+    except _Usage as exc:
+        sys.stderr.write(f"ncp-token: {exc}\n{USAGE}")
+        return EXIT_USAGE
+    if opts.get("help"):
+        sys.stdout.write(USAGE)
+        return 0
+    timeout = float(opts["timeout"])  # type: ignore[arg-type]
+    try:
+        server = str(opts["server"]) if opts["server"] is not None else _server_from_env(timeout)
+        request: dict[str, object] = {"op": "get_token", "server": server}
+        if opts["min_ttl"] is not None:
+            request["min_ttl"] = opts["min_ttl"]
+        result = call(request, timeout=timeout)
+        token = result["token"] if isinstance(result, dict) else None
+        if not isinstance(token, str) or not token or any(c in token for c in "\r\n"):
+            sys.stderr.write("ncp-token: the daemon's answer has no usable token\n")
+            return 7
+    except _Usage as exc:
+        sys.stderr.write(f"ncp-token: {exc}\n{USAGE}")
+        return EXIT_USAGE
+    except BrokerError as exc:
+        sys.stderr.write(f"ncp-token: {exc}\n")
+        return exc.exit_status
+    if opts["format"] == "header":
+        sys.stdout.write(f"Authorization: Bearer {token}\n")
+    elif opts["format"] == "json":
+        sys.stdout.write(json.dumps({"Authorization": f"Bearer {token}"}) + "\n")
+    else:
+        sys.stdout.write(token + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,260 @@
+"""The config file: NCP's format accepted as is, every mistake named by file and JSON path."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+import pytest
+from brokerd import config
+from brokerd.secret import Secret
+
+NCP_EXAMPLE = {
+    "mcpServers": {
+        "my-oauth-mcp": {
+            "url": "https://mcp.example.com/api",
+            "auth": {"type": "oauth", "oauth21": {"scopes": ["read", "write"], "callbackPort": 9876}},
+        },
+        "minimal": {"url": "https://m.example.com/mcp", "auth": {"type": "oauth", "oauth21": {}}},
+        "canva": {"url": "https://mcp.canva.com/mcp", "auth": {"type": "bearer", "token": "tok"}},
+        "filesystem": {
+            "command": "npx",
+            "args": ["-y", "@modelcontextprotocol/server-filesystem"],
+            "env": {},
+        },
+        "legacy": {"url": "https://l.example.com/mcp", "auth": {"type": "oauth", "oauth": {"clientId": "x"}}},
+        "basic": {
+            "url": "https://b.example.com/mcp",
+            "auth": {"type": "basic", "username": "u", "password": "p"},
+        },
+        "sse": {"url": "https://s.example.com/sse", "transport": "sse"},
+    },
+    "someNcpSetting": {"anything": True},
+}
+
+
+def test_ncp_config_loads_unchanged() -> None:
+    """An NCP config with stdio, oauth, bearer, basic and legacy entries loads; each entry is classified."""
+    cfg = config.parse(json.dumps(NCP_EXAMPLE).encode())
+    kinds = {name: s.kind for name, s in cfg.servers.items()}
+    assert kinds == {
+        "my-oauth-mcp": "oauth",
+        "minimal": "oauth",
+        "canva": "bearer",
+        "filesystem": "none",
+        "legacy": "none",
+        "basic": "none",
+        "sse": "none",
+    }
+    oauth = cfg.servers["my-oauth-mcp"].oauth
+    assert oauth is not None
+    assert oauth.scopes == ("read", "write")
+    assert oauth.callback_port == 9876
+    assert cfg.servers["canva"].access_key == Secret("tok")
+    assert "stdio" in cfg.servers["filesystem"].reason
+    assert "oauth21" in cfg.servers["legacy"].reason
+
+
+BAD: list[tuple[str, Any, str, str]] = [
+    ("invalid json", b"{", "", "not valid JSON"),
+    ("not an object", [], "$", "Expected `object`"),
+    ("servers not an object", {"mcpServers": []}, "$.mcpServers", "Expected `object`"),
+    ("wrong type", {"mcpServers": {"a": {"url": 5}}}, '$.mcpServers["a"].url', "Expected `str | null`"),
+    (
+        "typo inside auth",
+        {
+            "mcpServers": {
+                "a": {"url": "https://x/", "auth": {"type": "oauth", "oauth21": {"clientSecrt": "x"}}}
+            }
+        },
+        '$.mcpServers["a"].auth.oauth21',
+        "unknown field `clientSecrt`",
+    ),
+    (
+        "unknown auth key",
+        {"mcpServers": {"a": {"url": "https://x/", "auth": {"type": "bearer", "tokn": "x"}}}},
+        '$.mcpServers["a"].auth',
+        "unknown field `tokn`",
+    ),
+    (
+        "unknown auth type",
+        {"mcpServers": {"a": {"url": "https://x/", "auth": {"type": "magic"}}}},
+        '$.mcpServers["a"].auth.type',
+        "Invalid enum value 'magic'",
+    ),
+    (
+        "non-http url",
+        {"mcpServers": {"a": {"url": "ftp://x/"}}},
+        '$.mcpServers["a"].url',
+        "not an http(s) URL",
+    ),
+    (
+        "javascript url",
+        {"mcpServers": {"a": {"url": "javascript:alert(1)"}}},
+        '$.mcpServers["a"].url',
+        "not an http",
+    ),
+    (
+        "http remote",
+        {"mcpServers": {"a": {"url": "http://example.com/mcp"}}},
+        '$.mcpServers["a"].url',
+        "use https",
+    ),
+    (
+        "http loopback without switch",
+        {"mcpServers": {"a": {"url": "http://127.0.0.1:8000/mcp", "auth": {"type": "bearer"}}}},
+        '$.mcpServers["a"].url',
+        "allowInsecureLoopback",
+    ),
+    (
+        "userinfo",
+        {"mcpServers": {"a": {"url": "https://u:p@x/"}}},
+        '$.mcpServers["a"].url',
+        "credentials inside",
+    ),
+    (
+        "bad port",
+        {"mcpServers": {"a": {"url": "https://x:99999/"}}},
+        '$.mcpServers["a"].url',
+        "not a valid URL",
+    ),
+    (
+        "oauth without oauth21",
+        {"mcpServers": {"a": {"url": "https://x/", "auth": {"type": "oauth"}}}},
+        '$.mcpServers["a"].auth',
+        'needs an "oauth21" block',
+    ),
+    (
+        "callback port range",
+        {
+            "mcpServers": {
+                "a": {"url": "https://x/", "auth": {"type": "oauth", "oauth21": {"callbackPort": 70000}}}
+            }
+        },
+        '$.mcpServers["a"].auth.oauth21.callbackPort',
+        "port number",
+    ),
+    (
+        "secret without id",
+        {
+            "mcpServers": {
+                "a": {"url": "https://x/", "auth": {"type": "oauth", "oauth21": {"clientSecret": "s"}}}
+            }
+        },
+        '$.mcpServers["a"].auth.oauth21',
+        "without clientId",
+    ),
+    (
+        "metadata url not https",
+        {
+            "mcpServers": {
+                "a": {
+                    "url": "https://x/",
+                    "auth": {"type": "oauth", "oauth21": {"clientMetadataUrl": "http://c.example/c.json"}},
+                }
+            }
+        },
+        '$.mcpServers["a"].auth.oauth21.clientMetadataUrl',
+        "https URL with a path",
+    ),
+    ("store choice", {"store": "vault"}, "$.store", "Invalid enum value"),
+    ("control char name", {"mcpServers": {"a\nb": {"url": "https://x/"}}}, "$.mcpServers[", "server names"),
+]
+
+
+@pytest.mark.parametrize(("label", "doc", "where", "problem"), BAD, ids=[b[0] for b in BAD])
+def test_bad_config_names_file_path_and_problem(
+    tmp_path: Path, label: str, doc: Any, where: str, problem: str
+) -> None:
+    """Each kind of bad config is refused with the file, the JSON path and what is wrong."""
+    path = tmp_path / "config.json"
+    path.write_bytes(doc if isinstance(doc, bytes) else json.dumps(doc).encode())
+    with pytest.raises(config.ConfigError) as err:
+        config.load(path)
+    assert err.value.path == path
+    assert err.value.where.startswith(where)
+    assert problem in err.value.problem
+    assert str(path) in str(err.value)
+
+
+def test_secret_values_never_appear_in_config_errors(tmp_path: Path) -> None:
+    """A config error next to a secret does not quote the secret."""
+    path = tmp_path / "c.json"
+    doc = {"mcpServers": {"a": {"url": "ftp://x/", "auth": {"type": "bearer", "token": "TOPSECRET"}}}}
+    path.write_text(json.dumps(doc))
+    with pytest.raises(config.ConfigError) as err:
+        config.load(path)
+    assert "TOPSECRET" not in str(err.value)
+    assert "TOPSECRET" not in repr(
+        config.parse(json.dumps(NCP_EXAMPLE).encode().replace(b'"tok"', b'"TOPSECRET"'))
+    )
+
+
+def test_missing_file_is_an_empty_config(tmp_path: Path) -> None:
+    """No config file yet means no servers, not an error."""
+    assert config.load(tmp_path / "nope.json").servers == {}
+
+
+def test_unreadable_file_is_a_clear_error(tmp_path: Path) -> None:
+    """A directory (or unreadable file) where the config should be is reported with its path."""
+    with pytest.raises(config.ConfigError, match="cannot read"):
+        config.load(tmp_path)
+
+
+def test_edit_keeps_unknown_keys_and_creates_0600(tmp_path: Path) -> None:
+    """Editing keeps keys we do not understand and creates a new file 0600 whatever the umask."""
+    path = tmp_path / "sub" / "config.json"
+    old = os.umask(0)
+    try:
+        config.edit_raw(
+            path, lambda raw: raw["mcpServers"].update({"a": {"url": "https://a/", "x-extra": 1}})
+        )
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    path.write_text(json.dumps({**NCP_EXAMPLE, "mcpServers": {"a": {"url": "https://a/", "x-extra": 1}}}))
+    config.edit_raw(path, lambda raw: raw["mcpServers"].update({"b": {"url": "https://b/"}}))
+    raw = json.loads(path.read_text())
+    assert raw["someNcpSetting"] == {"anything": True}
+    assert raw["mcpServers"]["a"]["x-extra"] == 1
+    assert set(raw["mcpServers"]) == {"a", "b"}
+
+
+def test_edit_refuses_to_write_a_config_that_does_not_parse(tmp_path: Path) -> None:
+    """An edit that would produce a bad config is refused and the file is untouched."""
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"mcpServers": {}}))
+    before = path.read_bytes()
+    with pytest.raises(config.ConfigError):
+        config.edit_raw(path, lambda raw: raw["mcpServers"].update({"a": {"url": "ftp://a/"}}))
+    assert path.read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    ("url", "found"),
+    [
+        ("https://MCP.example.com/api/", "my-oauth-mcp"),
+        ("https://mcp.example.com/api", "my-oauth-mcp"),
+        ("https://mcp.example.com/other", None),
+    ],
+)
+def test_find_by_url_ignores_trailing_slash_and_host_case(url: str, found: str | None) -> None:
+    """Header-helper hosts may pass the URL with another case or a trailing slash."""
+    cfg = config.parse(json.dumps(NCP_EXAMPLE).encode())
+    server = cfg.find_by_url(url)
+    assert (server.name if server else None) == found
+
+
+def test_insecure_config_with_secrets_is_warned_about(tmp_path: Path) -> None:
+    """A world-readable config that holds a secret produces a warning with the chmod command."""
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(NCP_EXAMPLE))
+    path.chmod(0o644)
+    warning = config.insecure_file_warning(path)
+    assert warning is not None
+    assert f"chmod 600 {path}" in warning
+    path.chmod(0o600)
+    assert config.insecure_file_warning(path) is None
