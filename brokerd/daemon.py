@@ -195,7 +195,7 @@ async def _main(opts: DaemonOptions, readiness: _Readiness) -> None:
             raw = inherited
         bound_inode = os.stat(sock).st_ino if inherited is None else None
         listener = trio.SocketListener(trio.socket.from_stdlib_socket(raw))
-        broker = Broker(cfg, store, socket_path=sock, store_description=store.describe())
+        broker = Broker(cfg, store, socket_path=sock, store_description=str(store.describe()))
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_watch_signals, broker, nursery.cancel_scope)

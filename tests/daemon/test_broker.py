@@ -7,6 +7,7 @@ from pathlib import Path
 
 import msgspec
 import pytest
+
 from brokerd import config, wire
 from brokerd.broker import Broker
 from brokerd.secret import Secret, enc_hook

@@ -388,6 +388,20 @@ def test_persistent_connection_serves_many_requests(env: Env, daemon: Daemon) ->
     assert all(a["result"]["token"] == KEY for a in answers)
 
 
+# Connects, asks for a token, prints what came back; a refused connection prints b''.
+FOREIGN_CLIENT = """
+import socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.settimeout(5)
+s.connect(sys.argv[1])
+try:
+    s.sendall(b'{"op":"get_token","server":"neus"}\\n')
+    print(repr(s.recv(65536)))
+except (BrokenPipeError, ConnectionResetError):
+    print(repr(b''))
+"""
+
+
 def _setpriv(*caps: str) -> list[str]:
     cmd = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
     if caps:
@@ -401,15 +415,7 @@ def test_foreign_uid_gets_nothing(env: Env, daemon: Daemon) -> None:
     """Another user cannot reach the socket; one that can (CAP_DAC_OVERRIDE) is refused by SO_PEERCRED."""
     env.write_config({"neus": bearer(token=KEY)})
     env.run("ncp-broker", "reload")
-    client = [
-        sys.executable,
-        "-c",
-        (
-            "import socket,sys; s=socket.socket(socket.AF_UNIX); s.settimeout(5); s.connect(sys.argv[1]);"
-            's.sendall(b\'{"op":"get_token","server":"neus"}\\n\'); print(repr(s.recv(65536)))'
-        ),
-        str(env.socket),
-    ]
+    client = [sys.executable, "-c", FOREIGN_CLIENT, str(env.socket)]
     blocked = subprocess.run(
         [*_setpriv(), *client], capture_output=True, text=True, env=env.vars, timeout=30, check=False
     )

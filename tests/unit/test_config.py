@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from brokerd import config
 from brokerd.secret import Secret
 
