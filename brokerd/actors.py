@@ -114,33 +114,11 @@ class BearerActor:
         return {"state": "valid", "detail": f"access key ({source})"}
 
 
-class OAuthActor:
-    """An OAuth 2.1 grant. Login arrives with the OAuth issue; until then every request says so."""
+class _RefusingActor:
+    """An actor that answers every token request with the same error, and says so in status."""
 
-    def __init__(self, server: Server) -> None:
-        self.server = server
+    state = ""
 
-    def accepts(self, server: Server) -> bool:
-        return server == self.server
-
-    def _unavailable(self) -> WireError:
-        return WireError(
-            "login_unavailable",
-            f"{self.server.name} uses OAuth, and this version of ncp-broker cannot log in yet",
-            "use an access key instead: " + _add_hint(self.server.name, self.server.url),
-        )
-
-    async def get_token(self, min_ttl: float) -> TokenAnswer:
-        raise self._unavailable()
-
-    async def token_rejected(self, token: Secret) -> TokenAnswer:
-        raise self._unavailable()
-
-    def status(self) -> dict[str, Any]:
-        return {"state": "needs_login", "detail": "OAuth login is not available in this version"}
-
-
-class UnbrokeredActor:
     def __init__(self, server: Server) -> None:
         self.server = server
 
@@ -148,11 +126,7 @@ class UnbrokeredActor:
         return server == self.server
 
     def _error(self) -> WireError:
-        return WireError(
-            "not_brokered",
-            f"{self.server.name} is not brokered: {self.server.reason}",
-            "give it a url and an auth block of type oauth or bearer (see docs/configuration.md)",
-        )
+        raise NotImplementedError
 
     async def get_token(self, min_ttl: float) -> TokenAnswer:
         raise self._error()
@@ -161,7 +135,33 @@ class UnbrokeredActor:
         raise self._error()
 
     def status(self) -> dict[str, Any]:
-        return {"state": "not_brokered", "detail": self.server.reason}
+        return {"state": self.state, "detail": self._error().message}
+
+
+class OAuthActor(_RefusingActor):
+    """An OAuth 2.1 grant. Login arrives with the OAuth issue; until then every request says so."""
+
+    state = "needs_login"
+
+    def _error(self) -> WireError:
+        return WireError(
+            "login_unavailable",
+            f"{self.server.name} uses OAuth, and this version of ncp-broker cannot log in yet",
+            "use an access key instead: " + _add_hint(self.server.name, self.server.url),
+        )
+
+
+class UnbrokeredActor(_RefusingActor):
+    """An entry the broker lists but holds no credentials for (stdio, basic auth, ...)."""
+
+    state = "not_brokered"
+
+    def _error(self) -> WireError:
+        return WireError(
+            "not_brokered",
+            f"{self.server.name} is not brokered: {self.server.reason}",
+            "give it a url and an auth block of type oauth or bearer (see docs/configuration.md)",
+        )
 
 
 def make_actor(server: Server, store: KeyStore) -> Actor:

@@ -63,6 +63,8 @@ def test_start_status_stop_in_the_background(env: Env) -> None:
         as_json = json.loads(env.run("ncp-broker", "status", "--json").stdout)
         assert as_json["running"] is True
         assert {s["name"]: s["state"] for s in as_json["servers"]} == {"neus": "valid", "fs": "not_brokered"}
+        # headless Linux: no usable keyring, so "auto" falls back to files and says why
+        assert as_json["daemon"]["store"].startswith("file (auto: ")
         again = env.run("ncp-broker", "start")
         assert again.returncode == 0
         assert "already running" in again.stdout
