@@ -33,7 +33,7 @@ import trio
 from brokerd import config, fsutil, paths
 from brokerd.broker import Broker
 from brokerd.server import serve
-from brokerd.store import open_store
+from brokerd.store import StoreError, open_store
 
 __all__ = ["DaemonError", "DaemonOptions", "run"]
 
@@ -238,7 +238,7 @@ def run(opts: DaemonOptions) -> int:
         readiness.failed(str(exc))
         log.error("%s", exc)
         return 3
-    except (DaemonError, config.ConfigError) as exc:
+    except (DaemonError, config.ConfigError, StoreError) as exc:
         readiness.failed(str(exc))
         log.error("cannot start: %s", exc)
         return 1

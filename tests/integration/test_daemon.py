@@ -435,3 +435,35 @@ def test_foreign_uid_gets_nothing(env: Env, daemon: Daemon) -> None:
     assert through.stdout.strip() == "b''"  # connection closed, nothing sent
     assert KEY not in through.stdout
     assert "refused a connection from uid 65534" in daemon.log_text()
+
+
+def test_systemd_socket_activation_and_notify(env: Env) -> None:
+    """Under systemd the daemon serves the socket passed as fd 3 and reports READY=1 to NOTIFY_SOCKET."""
+    env.write_config({"neus": bearer(token=KEY)})
+    env.socket.parent.mkdir(mode=0o700)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(env.socket))
+    listener.listen(8)
+    notify_path = env.root / "notify.sock"
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(notify_path))
+    notify.settimeout(15)
+    # as systemd does: the listening socket is fd 3, LISTEN_PID is the daemon's own pid
+    script = 'exec 3<&0 0</dev/null; LISTEN_PID=$$ LISTEN_FDS=1 exec "$0" -m brokerd start --foreground'
+    proc = subprocess.Popen(
+        ["sh", "-c", script, sys.executable],
+        stdin=listener.fileno(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**env.vars, "NOTIFY_SOCKET": str(notify_path)},
+    )
+    listener.close()
+    try:
+        assert notify.recv(100) == b"READY=1"
+        assert env.run("ncp-token", "neus").stdout == KEY + "\n"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=10)
+        notify.close()
+    assert proc.returncode == 0, err
+    assert env.socket.exists()  # systemd owns the socket file; the daemon leaves it alone
