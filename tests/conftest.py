@@ -17,6 +17,9 @@ from typing import Any
 
 import pytest
 
+# Real authorization server, MCP server and browser drivers for integration tests (tests/servers/).
+pytest_plugins = ["tests.servers.fixtures"]
+
 START_DEADLINE = 15.0
 
 

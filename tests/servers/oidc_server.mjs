@@ -1,0 +1,560 @@
+// A real OAuth 2.1 authorization server for ncp-broker's integration tests: panva's oidc-provider 9.x on
+// loopback, configured the way an MCP deployment would be, plus a small admin API under /__admin/ that lets a
+// test break the token endpoint on purpose and count what the server saw.
+//
+// Usage: node oidc_server.mjs [CONFIG]   where CONFIG is a JSON object or the path of a JSON file
+//        (else $NCP_TEST_OIDC_CONFIG, else defaults). See docs/testing-servers.md for every key.
+// When listening it prints exactly one line to stdout:
+//        {"issuer": "http://127.0.0.1:PORT", "port": PORT, "pid": PID}
+// Everything else (events, oidc-provider's warnings) goes to stderr.
+//
+// This file never prints a token, code or secret: events are logged by name and ids only.
+
+import { randomBytes, generateKeyPairSync } from 'node:crypto';
+import { createServer } from 'node:http';
+import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+
+import Provider, { errors } from 'oidc-provider';
+
+const HOST = '127.0.0.1';
+const ADMIN_PREFIX = '/__admin/';
+const DEVICE_GRANT = 'urn:ietf:params:oauth:grant-type:device_code';
+
+// ---------------------------------------------------------------------------------------------------------
+// Configuration
+
+function loadConfig() {
+  const raw = process.argv[2] ?? process.env.NCP_TEST_OIDC_CONFIG ?? '{}';
+  const text = raw.trimStart().startsWith('{') ? raw : readFileSync(raw, 'utf8');
+  const given = JSON.parse(text);
+  const config = {
+    port: 0,
+    scopes: ['openid', 'offline_access', 'mcp:read', 'mcp:write', 'mcp:admin'],
+    // Resource indicators (RFC 8707) the server accepts, each {url, scopes?}. More can be added at run time
+    // with POST /__admin/resources (the MCP server's port is only known after this server has started).
+    resources: [],
+    default_resource: null,
+    use_granted_resource: false,
+    access_token_ttl: 3600,
+    refresh_token_ttl: 14 * 24 * 3600,
+    authorization_code_ttl: 60,
+    device_code_ttl: 600,
+    device_poll_interval: null,
+    rotate_refresh_token: true,
+    clients: [],
+    state_dir: null,
+    parent_pid: null,  // exit when this process is gone (the test runner), so no server outlives a killed run
+    ...given,
+  };
+  config.resources = config.resources.map((r) => (typeof r === 'string' ? { url: r } : r));
+  return config;
+}
+
+const config = loadConfig();
+
+// Values a test may change at run time through the admin API.
+const ttl = {
+  access_token: config.access_token_ttl,
+  refresh_token: config.refresh_token_ttl,
+};
+const resources = new Map(config.resources.map((r) => [r.url, r]));
+
+// ---------------------------------------------------------------------------------------------------------
+// Counters and the event log read by tests through GET /__admin/stats and GET /__admin/events
+
+function freshStats() {
+  return {
+    requests: {},            // by endpoint, counted before the provider sees the request
+    token_requests: {},      // by grant type (short names: authorization_code, refresh_token, device_code)
+    token_success: {},       // by grant type
+    token_errors: {},        // by OAuth error code
+    token_503: 0,            // answered 503 by the admin switch
+    token_stalled: 0,        // held by the admin switch
+    token_injected_errors: 0, // answered with an injected OAuth error by the admin switch
+    replay_detected: 0,      // a consumed refresh token was presented again
+    grants_revoked: 0,       // grant.revoked events (replay, revocation endpoint) plus admin revoke_all
+    refresh_tokens_consumed: 0,
+    registrations: 0,
+    authorizations: 0,
+    authorization_errors: {},
+    device_authorizations: 0,
+    revocations: 0,
+    introspections: 0,
+    errors: {},              // every *.error event by name
+  };
+}
+
+let stats = freshStats();
+let events = [];
+const MAX_EVENTS = 500;
+
+function bump(map, key) {
+  map[key] = (map[key] ?? 0) + 1;
+}
+
+function record(name, detail = {}) {
+  const entry = { t: Date.now() / 1000, event: name, ...detail };
+  events.push(entry);
+  if (events.length > MAX_EVENTS) events = events.slice(-MAX_EVENTS);
+  process.stderr.write(`${JSON.stringify(entry)}\n`);
+}
+
+function shortGrantType(grantType) {
+  if (grantType === DEVICE_GRANT) return 'device_code';
+  return grantType || 'missing';
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Storage: oidc-provider's adapter interface over one Map, optionally snapshotted to a file so that a test
+// can stop and start the server (an outage) without losing clients, grants and signing keys.
+
+class Store {
+  constructor(file) {
+    this.file = file;
+    this.map = new Map();
+    if (file && existsSync(file)) {
+      for (const [key, entry] of JSON.parse(readFileSync(file, 'utf8'))) this.map.set(key, entry);
+    }
+  }
+
+  get(key) {
+    const entry = this.map.get(key);
+    if (!entry) return undefined;
+    if (entry.exp !== null && entry.exp <= Date.now()) {
+      this.map.delete(key);
+      return undefined;
+    }
+    return entry.value;
+  }
+
+  set(key, value, expiresIn) {
+    const exp = typeof expiresIn === 'number' ? Date.now() + expiresIn * 1000 : null;
+    this.map.set(key, { value, exp });
+  }
+
+  delete(key) {
+    this.map.delete(key);
+  }
+
+  keys() {
+    return [...this.map.keys()];
+  }
+
+  save() {
+    if (!this.file) return;
+    const tmp = `${this.file}.tmp`;
+    writeFileSync(tmp, JSON.stringify([...this.map.entries()]), { mode: 0o600 });
+    renameSync(tmp, this.file);
+  }
+}
+
+let store;
+
+class Adapter {
+  constructor(model) {
+    this.model = model;
+  }
+
+  key(id) {
+    return `${this.model}:${id}`;
+  }
+
+  async upsert(id, payload, expiresIn) {
+    store.set(this.key(id), payload, expiresIn);
+    if (this.model === 'Session') store.set(`sessionUid:${payload.uid}`, id, expiresIn);
+    if (payload.userCode) store.set(`userCode:${payload.userCode}`, id, expiresIn);
+    if (payload.grantId) {
+      const members = new Set(store.get(`grant:${payload.grantId}`) ?? []);
+      members.add(this.key(id));
+      store.set(`grant:${payload.grantId}`, [...members], null);
+    }
+    store.save();
+  }
+
+  async find(id) {
+    return store.get(this.key(id));
+  }
+
+  async findByUid(uid) {
+    const id = store.get(`sessionUid:${uid}`);
+    return id === undefined ? undefined : store.get(this.key(id));
+  }
+
+  async findByUserCode(userCode) {
+    const id = store.get(`userCode:${userCode}`);
+    return id === undefined ? undefined : store.get(this.key(id));
+  }
+
+  async consume(id) {
+    const payload = store.get(this.key(id));
+    if (payload) {
+      payload.consumed = Math.floor(Date.now() / 1000);
+      store.save();
+    }
+  }
+
+  async destroy(id) {
+    store.delete(this.key(id));
+    store.save();
+  }
+
+  async revokeByGrantId(grantId) {
+    revokeGrantMembers(grantId);
+    store.save();
+  }
+}
+
+function revokeGrantMembers(grantId) {
+  for (const key of store.get(`grant:${grantId}`) ?? []) store.delete(key);
+  store.delete(`grant:${grantId}`);
+}
+
+// Keys survive a restart when state_dir is set, so tokens issued before an outage still verify after it.
+function loadOrCreateSecrets() {
+  const file = config.state_dir ? join(config.state_dir, 'keys.json') : null;
+  if (file && existsSync(file)) return JSON.parse(readFileSync(file, 'utf8'));
+  const { privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
+  const jwk = { ...privateKey.export({ format: 'jwk' }), use: 'sig', alg: 'RS256', kid: randomBytes(8).toString('hex') };
+  const secrets = { jwks: { keys: [jwk] }, cookieKeys: [randomBytes(32).toString('hex')] };
+  if (file) writeFileSync(file, JSON.stringify(secrets), { mode: 0o600 });
+  return secrets;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// The provider
+
+function resourceServerInfo(url) {
+  const entry = resources.get(url);
+  if (!entry) throw new errors.InvalidTarget();
+  const scopes = entry.scopes ?? config.scopes.filter((s) => s !== 'openid' && s !== 'offline_access');
+  return {
+    scope: scopes.join(' '),
+    audience: url,
+    // Read at issue time, so POST /__admin/ttl applies to the next token.
+    get accessTokenTTL() {
+      return ttl.access_token;
+    },
+    accessTokenFormat: 'jwt',
+    jwt: { sign: { alg: 'RS256' } },
+  };
+}
+
+function buildProvider(issuer, secrets) {
+  return new Provider(issuer, {
+    adapter: Adapter,
+    clients: config.clients,
+    jwks: secrets.jwks,
+    cookies: { keys: secrets.cookieKeys },
+    scopes: config.scopes,
+    claims: { openid: ['sub'] },
+    responseTypes: ['code'],
+    async findAccount(_ctx, sub) {
+      return { accountId: sub, async claims() { return { sub }; } };
+    },
+    pkce: { required: () => true },
+    clientBasedCORS: () => true,
+    // Refresh tokens for every client registered with the refresh_token grant, whether or not it asked
+    // for offline_access (oidc-provider's default needs offline_access, which it drops without
+    // prompt=consent).
+    issueRefreshToken: async (_ctx, client) => client.grantTypeAllowed('refresh_token'),
+    expiresWithSession: async () => false,
+    rotateRefreshToken: config.rotate_refresh_token,
+    ttl: {
+      AccessToken: (_ctx, token) => token.resourceServer?.accessTokenTTL ?? ttl.access_token,
+      AuthorizationCode: () => config.authorization_code_ttl,
+      ClientCredentials: () => ttl.access_token,
+      DeviceCode: () => config.device_code_ttl,
+      IdToken: () => 3600,
+      RefreshToken: () => ttl.refresh_token,
+      Interaction: () => 3600,
+      Session: () => 14 * 24 * 3600,
+      Grant: () => 14 * 24 * 3600,
+    },
+    features: {
+      devInteractions: { enabled: true },
+      registration: { enabled: true, initialAccessToken: false },
+      revocation: { enabled: true },
+      introspection: { enabled: true },
+      deviceFlow: { enabled: true },
+      resourceIndicators: {
+        enabled: true,
+        defaultResource: async (_ctx, _client, oneOf) => oneOf ?? config.default_resource ?? undefined,
+        useGrantedResource: async () => config.use_granted_resource,
+        getResourceServerInfo: async (_ctx, resourceIndicator) => resourceServerInfo(resourceIndicator),
+      },
+    },
+  });
+}
+
+function attachEvents(provider) {
+  provider.on('grant.success', (ctx) => {
+    bump(stats.token_success, shortGrantType(ctx.oidc.params?.grant_type));
+  });
+  provider.on('grant.error', (ctx, err) => {
+    bump(stats.token_errors, err.error ?? 'unknown');
+    if (err.error_detail === 'refresh token already used') {
+      stats.replay_detected += 1;
+      record('replay_detected', { client_id: ctx.oidc.client?.clientId });
+    }
+  });
+  provider.on('grant.revoked', (ctx, grantId) => {
+    stats.grants_revoked += 1;
+    record('grant.revoked', { grant_id: grantId, client_id: ctx.oidc?.client?.clientId });
+  });
+  provider.on('refresh_token.consumed', (token) => {
+    stats.refresh_tokens_consumed += 1;
+    record('refresh_token.consumed', { grant_id: token.grantId, client_id: token.clientId });
+  });
+  provider.on('registration_create.success', (_ctx, client) => {
+    stats.registrations += 1;
+    record('registration_create.success', { client_id: client.clientId });
+  });
+  provider.on('authorization.success', () => {
+    stats.authorizations += 1;
+  });
+  provider.on('authorization.error', (_ctx, err) => {
+    bump(stats.authorization_errors, err.error ?? 'unknown');
+  });
+  provider.on('device_authorization.success', () => {
+    stats.device_authorizations += 1;
+  });
+  provider.on('revocation.success', () => {
+    stats.revocations += 1;
+  });
+  provider.on('introspection.success', () => {
+    stats.introspections += 1;
+  });
+  const errorEvents = [
+    'authorization.error', 'grant.error', 'registration_create.error', 'registration_read.error',
+    'revocation.error', 'introspection.error', 'device_authorization.error', 'code_verification.error',
+    'device_resume.error', 'discovery.error', 'jwks.error', 'userinfo.error', 'end_session.error', 'server_error',
+  ];
+  for (const name of errorEvents) {
+    provider.on(name, (ctx, err) => {
+      bump(stats.errors, name);
+      record(name, {
+        error: err?.error ?? String(err?.message ?? err),
+        error_detail: err?.error_detail,
+        path: ctx?.path,
+      });
+    });
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Admin switch for the token endpoint: ok | 503 | stall | error, optionally for some grant types only and
+// for a limited number of requests.
+
+let tokenSwitch = { mode: 'ok' };
+let releaseStalls = [];
+
+function setTokenSwitch(body) {
+  const mode = body.mode ?? 'ok';
+  if (!['ok', '503', 'stall', 'error'].includes(mode)) throw new Error(`unknown mode ${mode}`);
+  for (const release of releaseStalls) release();
+  releaseStalls = [];
+  tokenSwitch = {
+    mode,
+    seconds: Number(body.seconds ?? 30),
+    then: body.then ?? 'drop',
+    error: body.error ?? 'temporarily_unavailable',
+    status: Number(body.status ?? 400),
+    grantTypes: body.grant_types ?? null,
+    remaining: body.count ?? null,
+  };
+}
+
+function switchApplies(grantType) {
+  if (tokenSwitch.mode === 'ok') return false;
+  if (tokenSwitch.grantTypes && !tokenSwitch.grantTypes.includes(grantType)) return false;
+  if (tokenSwitch.remaining !== null) {
+    if (tokenSwitch.remaining <= 0) return false;
+    tokenSwitch.remaining -= 1;
+  }
+  return true;
+}
+
+function stall(seconds) {
+  return new Promise((resolve) => {
+    const timer = setTimeout(resolve, seconds * 1000);
+    releaseStalls.push(() => {
+      clearTimeout(timer);
+      resolve();
+    });
+  });
+}
+
+async function readRawBody(req) {
+  const chunks = [];
+  let size = 0;
+  for await (const chunk of req) {
+    size += chunk.length;
+    if (size > 64 * 1024) throw new Error('body too large');
+    chunks.push(chunk);
+  }
+  return Buffer.concat(chunks).toString('utf8');
+}
+
+const ENDPOINTS = {
+  '/token': 'token',
+  '/reg': 'registration',
+  '/device/auth': 'device_authorization',
+  '/token/revocation': 'revocation',
+  '/token/introspection': 'introspection',
+  '/auth': 'authorization',
+  '/jwks': 'jwks',
+  '/.well-known/oauth-authorization-server': 'discovery',
+  '/.well-known/openid-configuration': 'discovery',
+};
+
+function revokeAll() {
+  const grantIds = new Set();
+  for (const key of store.keys()) {
+    if (key.startsWith('Grant:')) grantIds.add(key.slice('Grant:'.length));
+    if (key.startsWith('grant:')) grantIds.add(key.slice('grant:'.length));
+  }
+  for (const grantId of grantIds) {
+    revokeGrantMembers(grantId);
+    store.delete(`Grant:${grantId}`);
+    stats.grants_revoked += 1;
+    record('grant.revoked', { grant_id: grantId, by: 'admin' });
+  }
+  store.save();
+  return grantIds.size;
+}
+
+async function admin(ctx) {
+  const route = `${ctx.method} ${ctx.path.slice(ADMIN_PREFIX.length - 1)}`;
+  const body = ctx.method === 'POST' ? JSON.parse((await readRawBody(ctx.req)) || '{}') : {};
+  ctx.type = 'application/json';
+  switch (route) {
+    case 'GET /stats':
+      ctx.body = stats;
+      return;
+    case 'POST /reset_stats':
+      stats = freshStats();
+      events = [];
+      ctx.body = { ok: true };
+      return;
+    case 'GET /events':
+      ctx.body = events;
+      return;
+    case 'POST /token_endpoint':
+      setTokenSwitch(body);
+      record('admin.token_endpoint', { mode: tokenSwitch.mode });
+      ctx.body = { ok: true, mode: tokenSwitch.mode };
+      return;
+    case 'POST /revoke_all':
+      ctx.body = { ok: true, revoked: revokeAll() };
+      return;
+    case 'POST /resources': {
+      if (typeof body.url !== 'string') ctx.throw(400, 'url required');
+      resources.set(body.url, { url: body.url, scopes: body.scopes });
+      record('admin.resource_added', { url: body.url });
+      ctx.body = { ok: true, resources: [...resources.keys()] };
+      return;
+    }
+    case 'POST /ttl':
+      if (body.access_token !== undefined) ttl.access_token = Number(body.access_token);
+      if (body.refresh_token !== undefined) ttl.refresh_token = Number(body.refresh_token);
+      ctx.body = { ok: true, ttl };
+      return;
+    default:
+      ctx.status = 404;
+      ctx.body = { error: 'not_found', routes: ['GET stats', 'POST reset_stats', 'GET events', 'POST token_endpoint', 'POST revoke_all', 'POST resources', 'POST ttl'] };
+  }
+}
+
+function installMiddleware(provider) {
+  provider.use(async (ctx, next) => {
+    if (ctx.path.startsWith(ADMIN_PREFIX)) {
+      await admin(ctx);
+      return;
+    }
+    const endpoint = ENDPOINTS[ctx.path];
+    if (endpoint) bump(stats.requests, endpoint);
+    if (endpoint === 'token' && ctx.method === 'POST') {
+      // The grant type decides what is counted and whether the switch applies, so the body is read here.
+      // oidc-provider accepts an already-read body from ctx.req.body (it warns once on stderr).
+      const raw = await readRawBody(ctx.req);
+      ctx.req.body = raw;
+      const grantType = shortGrantType(new URLSearchParams(raw).get('grant_type'));
+      bump(stats.token_requests, grantType);
+      if (switchApplies(grantType)) {
+        if (tokenSwitch.mode === '503') {
+          stats.token_503 += 1;
+          ctx.status = 503;
+          ctx.set('Retry-After', '1');
+          ctx.body = { error: 'temporarily_unavailable', error_description: 'injected by /__admin/token_endpoint' };
+          return;
+        }
+        if (tokenSwitch.mode === 'error') {
+          stats.token_injected_errors += 1;
+          ctx.status = tokenSwitch.status;
+          ctx.body = { error: tokenSwitch.error, error_description: 'injected by /__admin/token_endpoint' };
+          return;
+        }
+        stats.token_stalled += 1;
+        await stall(tokenSwitch.seconds);
+        if (tokenSwitch.then !== 'proceed') {
+          // Hang up without processing: the refresh token stays unspent, as when the server never got it.
+          ctx.respond = false;
+          ctx.req.socket.destroy();
+          return;
+        }
+      }
+    }
+    await next();
+    if (endpoint === 'device_authorization' && ctx.status === 200 && config.device_poll_interval !== null
+        && ctx.body && typeof ctx.body === 'object') {
+      ctx.body = { ...ctx.body, interval: config.device_poll_interval };
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Start: listen first (the issuer must be the listening URL, and the port may be 0), then build the provider.
+
+async function main() {
+  if (config.state_dir) mkdirSync(config.state_dir, { recursive: true, mode: 0o700 });
+  store = new Store(config.state_dir ? join(config.state_dir, 'store.json') : null);
+  const secrets = loadOrCreateSecrets();
+
+  let handler = (_req, res) => {
+    res.statusCode = 503;
+    res.end();
+  };
+  const server = createServer((req, res) => handler(req, res));
+  await new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(config.port, HOST, resolve);
+  });
+  const { port } = server.address();
+  const issuer = `http://${HOST}:${port}`;
+
+  const provider = buildProvider(issuer, secrets);
+  attachEvents(provider);
+  installMiddleware(provider);
+  handler = provider.callback();
+
+  const stop = () => process.exit(0);
+  process.on('SIGTERM', stop);
+  process.on('SIGINT', stop);
+  if (config.parent_pid) {
+    setInterval(() => {
+      try {
+        process.kill(config.parent_pid, 0);
+      } catch {
+        stop();
+      }
+    }, 1000).unref();
+  }
+
+  process.stdout.write(`${JSON.stringify({ issuer, port, pid: process.pid })}\n`);
+}
+
+main().catch((err) => {
+  process.stderr.write(`oidc_server failed: ${err?.stack ?? err}\n`);
+  process.exit(1);
+});
