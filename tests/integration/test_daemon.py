@@ -467,3 +467,42 @@ def test_systemd_socket_activation_and_notify(env: Env) -> None:
         notify.close()
     assert proc.returncode == 0, err
     assert env.socket.exists()  # systemd owns the socket file; the daemon leaves it alone
+
+
+def test_no_secret_in_debug_log_status_or_errors(env: Env, daemon: Daemon) -> None:
+    """With debug logging, keys sent and served in every way never reach the log, status or an error."""
+    env.write_config({"neus": bearer(token=KEY), "other": bearer("https://o.example/mcp")})
+    env.run("ncp-broker", "reload")
+    second = "second-key-7d9e-never-print-me"
+    seen = [
+        env.run("ncp-broker", "add", "other", "https://o.example/mcp", "--access-key", "-", input=second),
+        env.run("ncp-token", "neus"),
+        env.run("ncp-token", "other"),
+        env.run("ncp-broker", "status"),
+        env.run("ncp-broker", "status", "--json"),
+    ]
+    answers = [
+        raw_exchange(
+            env.socket, json.dumps({"op": "token_rejected", "server": "neus", "token": KEY}).encode() + b"\n"
+        ),
+        raw_exchange(
+            env.socket, json.dumps({"op": "token_rejected", "server": "nope", "token": KEY}).encode() + b"\n"
+        ),
+        raw_exchange(
+            env.socket, json.dumps({"op": "get_token", "server": "neus", "x": KEY}).encode() + b"\n"
+        ),
+        raw_exchange(
+            env.socket,
+            json.dumps({"op": "set_access_key", "server": "neus", "key": [second]}).encode() + b"\n",
+        ),
+        raw_exchange(env.socket, ('{"op":"get_token","server":"' + KEY).encode() + b"\n"),
+    ]
+    assert seen[1].stdout == KEY + "\n"
+    assert seen[2].stdout == second + "\n"
+    assert json.loads(answers[0])["result"]["token"] == KEY  # a token answer is the one place it belongs
+    errors = b"".join(answers[1:]).decode()
+    assert errors.count('"ok":false') == 4
+    text = daemon.log_text() + "".join(r.stdout + r.stderr for r in seen[3:]) + errors
+    assert "debug" in env.vars["NCP_BROKER_LOG_LEVEL"].lower()
+    assert KEY not in text
+    assert second not in text
