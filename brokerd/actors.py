@@ -6,7 +6,7 @@ asks the actor named in the request and relays the answer or the :class:`~broker
 * :class:`BearerActor` serves a static access key (NCP's ``"type": "bearer"``), the fallback for servers
   without OAuth. The key comes from the config entry (``auth.token``) or from the store
   (``ncp-broker add NAME URL --access-key -``).
-* :class:`OAuthActor` owns an OAuth grant.
+* ``brokerd.grant.OAuthActor`` owns an OAuth grant (login, refresh, persistence).
 * :class:`UnbrokeredActor` answers for entries the broker lists but does not hold credentials for.
 """
 
@@ -14,13 +14,25 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from brokerd.config import Server
 from brokerd.secret import Secret
 from brokerd.wire import WireError
 
-__all__ = ["Actor", "BearerActor", "KeyStore", "OAuthActor", "TokenAnswer", "UnbrokeredActor", "make_actor"]
+if TYPE_CHECKING:
+    from brokerd.grant import OAuthContext
+    from brokerd.store import Store
+
+__all__ = [
+    "Actor",
+    "BearerActor",
+    "KeyStore",
+    "OAuthUnavailableActor",
+    "TokenAnswer",
+    "UnbrokeredActor",
+    "make_actor",
+]
 
 
 @dataclass(frozen=True)
@@ -138,8 +150,8 @@ class _RefusingActor:
         return {"state": self.state, "detail": self._error().message}
 
 
-class OAuthActor(_RefusingActor):
-    """An OAuth 2.1 grant. Login arrives with the OAuth issue; until then every request says so."""
+class OAuthUnavailableActor(_RefusingActor):
+    """An OAuth server in a broker that was built without OAuth (unit tests of the broker alone)."""
 
     state = "needs_login"
 
@@ -164,9 +176,14 @@ class UnbrokeredActor(_RefusingActor):
         )
 
 
-def make_actor(server: Server, store: KeyStore) -> Actor:
+def make_actor(server: Server, store: Store, oauth: OAuthContext | None = None) -> Actor:
+    """The actor for ``server``; OAuth servers need the daemon's shared OAuth context to log in."""
     if server.kind == "bearer":
         return BearerActor(server, store)
     if server.kind == "oauth":
-        return OAuthActor(server)
+        if oauth is None:
+            return OAuthUnavailableActor(server)
+        from brokerd.grant import OAuthActor
+
+        return OAuthActor(server, store, oauth)
     return UnbrokeredActor(server)

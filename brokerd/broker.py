@@ -17,7 +17,9 @@ from typing import Any
 import trio
 
 from brokerd import __version__, config, wire
-from brokerd.actors import Actor, BearerActor, KeyStore, make_actor
+from brokerd.actors import Actor, BearerActor, make_actor
+from brokerd.grant import OAuthActor, OAuthContext
+from brokerd.store import Store
 
 __all__ = ["Broker"]
 
@@ -28,14 +30,16 @@ class Broker:
     def __init__(
         self,
         cfg: config.Config,
-        store: KeyStore,
+        store: Store,
         *,
+        oauth: OAuthContext | None = None,
         socket_path: Path,
         store_description: str = "",
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = cfg
         self.store = store
+        self.oauth = oauth
         self.socket_path = socket_path
         self.store_description = store_description
         self.clock = clock
@@ -50,7 +54,9 @@ class Broker:
         actors: dict[str, Actor] = {}
         for name, server in cfg.servers.items():
             old = self.actors.get(name)
-            actors[name] = old if old is not None and old.accepts(server) else make_actor(server, self.store)
+            actors[name] = (
+                old if old is not None and old.accepts(server) else make_actor(server, self.store, self.oauth)
+            )
         self.config = cfg
         self.actors = actors
 
@@ -133,10 +139,29 @@ class Broker:
                     )
                 await actor.set_key(key)
                 return {"stored": True}
+            case wire.Login(server=name, mode=mode):
+                return await self._oauth_actor(name).login(mode)
+            case wire.LoginWait(server=name):
+                answer = await self._oauth_actor(name).login_wait()
+                return answer.as_result(self.clock())
+            case wire.LoginComplete(server=name, response=response):
+                answer = await self._oauth_actor(name).login_complete(response.reveal())
+                return answer.as_result(self.clock())
             case wire.Shutdown():
                 self.shutdown_requested.set()
                 return {"stopping": True}
         raise AssertionError(f"unhandled request {type(req).__name__}")  # pragma: no cover
+
+    def _oauth_actor(self, name: str) -> OAuthActor:
+        actor = self._actor(name)
+        if not isinstance(actor, OAuthActor):
+            kind = actor.server.kind
+            raise wire.WireError(
+                "bad_request" if kind != "oauth" else "login_unavailable",
+                f"{name} is not an OAuth server (auth type: {kind}); there is nothing to log in to",
+                f"ncp-broker add {name} {actor.server.url or 'URL'} --oauth",
+            )
+        return actor
 
     def _daemon_status(self) -> dict[str, Any]:
         return {

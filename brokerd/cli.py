@@ -321,6 +321,44 @@ def _store_access_key(args: argparse.Namespace, name: str, url: str, key: Secret
     trio.run(save)
 
 
+LOGIN_WAIT = 330.0  # the daemon gives up on a login after 5 minutes; wait a little longer than that
+
+
+def cmd_login(args: argparse.Namespace) -> int:
+    mode = "paste" if args.no_browser else "browser"
+    started = _call(args, {"op": "login", "server": args.name, "mode": mode}, timeout=90)
+    url = str(started["url"])
+    if started.get("joined"):
+        print(f"a login for {args.name} is already in progress; joining it")
+    if mode == "browser":
+        if _open_browser(url):
+            print(f"opened your browser to log in to {args.name}; if nothing appeared, open:\n\n  {url}\n")
+        else:
+            print(f"open this URL in a browser to log in to {args.name}:\n\n  {url}\n")
+        result = _call(args, {"op": "login_wait", "server": args.name}, timeout=LOGIN_WAIT)
+    else:
+        print(f"open this URL in any browser to log in to {args.name}:\n\n  {url}\n")
+        print("then paste the code, or the whole address the browser was sent to, here:")
+        pasted = _read_secret("-", "code or redirect URL").reveal()
+        request = {"op": "login_complete", "server": args.name, "response": pasted}
+        result = _call(args, request, timeout=LOGIN_WAIT)
+    expires = result.get("expires_at")
+    print(f"Authorized {args.name}" + (f" (token valid until {_fmt_time(expires)})" if expires else ""))
+    return EXIT_OK
+
+
+def _open_browser(url: str) -> bool:
+    """Open ``url`` with the user's browser (honouring $BROWSER), never through a shell."""
+    if not url.startswith(("https://", "http://")):
+        raise CliError(f"refusing to open a non-http(s) authorization URL: {url[:40]}")
+    import webbrowser
+
+    try:
+        return webbrowser.open(url)
+    except webbrowser.Error:
+        return False
+
+
 def cmd_remove(args: argparse.Namespace) -> int:
     cfg = _load_config(args)
     if args.name not in cfg.servers:
@@ -397,6 +435,15 @@ def _parser() -> argparse.ArgumentParser:
         "--allow-private-network", action="store_true", help="allow private and link-local addresses"
     )
     s.set_defaults(func=cmd_add)
+
+    s = sub.add_parser("login", help="log in to an OAuth server (opens the browser)")
+    s.add_argument("name")
+    s.add_argument(
+        "--no-browser",
+        action="store_true",
+        help="print the URL and read the code or redirect URL pasted back",
+    )
+    s.set_defaults(func=cmd_login)
 
     s = sub.add_parser("remove", help="delete a server from the config")
     s.add_argument("name")

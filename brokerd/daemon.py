@@ -32,6 +32,9 @@ import trio
 
 from brokerd import config, fsutil, paths
 from brokerd.broker import Broker
+from brokerd.callback import CallbackHub
+from brokerd.grant import OAuthContext
+from brokerd.oauth_driver import make_http_client
 from brokerd.server import serve
 from brokerd.store import StoreError, open_store
 
@@ -195,9 +198,12 @@ async def _main(opts: DaemonOptions, readiness: _Readiness) -> None:
             raw = inherited
         bound_inode = os.stat(sock).st_ino if inherited is None else None
         listener = trio.SocketListener(trio.socket.from_stdlib_socket(raw))
-        broker = Broker(cfg, store, socket_path=sock, store_description=str(store.describe()))
         try:
-            async with trio.open_nursery() as nursery:
+            async with make_http_client() as http, trio.open_nursery() as nursery:
+                oauth = OAuthContext(http=http, hub=CallbackHub(nursery), nursery=nursery)
+                broker = Broker(
+                    cfg, store, oauth=oauth, socket_path=sock, store_description=str(store.describe())
+                )
                 nursery.start_soon(_watch_signals, broker, nursery.cancel_scope)
                 await nursery.start(serve, listener, broker.handle)
                 log.info(

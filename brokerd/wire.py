@@ -30,6 +30,9 @@ __all__ = [
     "GetToken",
     "Hello",
     "ListServers",
+    "Login",
+    "LoginComplete",
+    "LoginWait",
     "Reload",
     "Request",
     "SetAccessKey",
@@ -120,11 +123,43 @@ class SetAccessKey(_Base, tag="set_access_key"):
     key: Secret
 
 
+class Login(_Base, tag="login"):
+    """Start a login (or join the pending one); answers with the authorization URL to open."""
+
+    server: str
+    mode: Literal["browser", "paste"] = "browser"
+
+
+class LoginWait(_Base, tag="login_wait"):
+    """Wait for the pending login to finish; answers with a token."""
+
+    server: str
+
+
+class LoginComplete(_Base, tag="login_complete"):
+    """Finish the pending login with a pasted code or the whole redirect URL; answers with a token."""
+
+    server: str
+    response: Secret
+
+
 class Shutdown(_Base, tag="shutdown"):
     """Stop the daemon after answering."""
 
 
-Request = Hello | GetToken | TokenRejected | Status | ListServers | Reload | SetAccessKey | Shutdown
+Request = (
+    Hello
+    | GetToken
+    | TokenRejected
+    | Status
+    | ListServers
+    | Reload
+    | SetAccessKey
+    | Login
+    | LoginWait
+    | LoginComplete
+    | Shutdown
+)
 
 _decoder: msgspec.json.Decoder[Request] = msgspec.json.Decoder(Request, dec_hook=dec_hook)
 _encoder = msgspec.json.Encoder(enc_hook=enc_hook)

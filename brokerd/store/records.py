@@ -40,6 +40,9 @@ class TokenRecord(msgspec.Struct, kw_only=True):
     #: RFC 8707 resource indicator the grant is bound to.
     resource: str | None = None
     obtained_at: float | None = None
+    #: The client the grant was issued to, and where to revoke it at logout (no rediscovery needed).
+    client_id: str | None = None
+    revocation_endpoint: str | None = None
 
 
 class RegistrationRecord(msgspec.Struct, kw_only=True):
@@ -56,6 +59,10 @@ class RegistrationRecord(msgspec.Struct, kw_only=True):
     client_id_issued_at: float | None = None
     #: 0 means the secret never expires (RFC 7591).
     client_secret_expires_at: float | None = None
+    #: How the client came to be: ``preregistered``, ``metadata_document`` or ``dynamic``.
+    source: str = "dynamic"
+    grant_types: list[str] = msgspec.field(default_factory=list)
+    scope: str | None = None
 
 
 class ServerRecord(msgspec.Struct, kw_only=True):

@@ -11,20 +11,7 @@ import pytest
 from brokerd import config, wire
 from brokerd.broker import Broker
 from brokerd.secret import Secret, enc_hook
-
-
-class MemoryKeys:
-    """The store edge, in memory."""
-
-    def __init__(self) -> None:
-        self.keys: dict[str, Secret] = {}
-
-    async def load_access_key(self, server_url: str) -> Secret | None:
-        return self.keys.get(server_url)
-
-    async def save_access_key(self, server_url: str, key: Secret) -> None:
-        self.keys[server_url] = key
-
+from brokerd.store import FileStore
 
 SERVERS = {
     "inline": {"url": "https://a.example/mcp", "auth": {"type": "bearer", "token": "inline-key-123"}},
@@ -34,10 +21,10 @@ SERVERS = {
 }
 
 
-def make_broker(tmp_path: Path, servers: dict[str, object] = SERVERS) -> tuple[Broker, MemoryKeys, Path]:
+def make_broker(tmp_path: Path, servers: dict[str, object] = SERVERS) -> tuple[Broker, FileStore, Path]:
     path = tmp_path / "config.json"
     path.write_text(json.dumps({"mcpServers": servers}))
-    keys = MemoryKeys()
+    keys = FileStore(tmp_path / "data")
     broker = Broker(config.load(path), keys, socket_path=tmp_path / "s.sock", clock=lambda: 1000.0)
     return broker, keys, path
 
@@ -62,7 +49,7 @@ async def test_stored_key_missing_needs_login_with_add_command(tmp_path: Path) -
     assert err.value.code == "needs_login"
     assert err.value.hint == "ncp-broker add stored https://b.example/mcp --access-key -"
     await broker.handle(wire.SetAccessKey(server="stored", key=Secret("k-456")))
-    assert keys.keys == {"https://b.example/mcp": Secret("k-456")}
+    assert await keys.load_access_key("https://b.example/mcp") == Secret("k-456")
     assert (await broker.handle(wire.GetToken(server="stored")))["token"] == Secret("k-456")
 
 

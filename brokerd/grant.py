@@ -1,0 +1,482 @@
+"""The OAuth actor: the one owner of a server's grant (DESIGN.md rules 2-5).
+
+It composes the pure core (``brokerd.oauth``) with the I/O edges (``oauth_driver``, ``callback``) and the
+store. What it guarantees:
+
+* **Single flight.** At most one refresh and one login per server run at a time; every concurrent caller
+  awaits the same outcome. Both run as tasks of the daemon's nursery, not of the caller, so a client that
+  hangs up mid-refresh cannot cancel a refresh whose answer (a rotated refresh token) would then be lost.
+* **Persist before you hand out.** A new token set is written to the store before anyone receives its
+  access token. If the write fails the tokens stay in memory, ``status`` says ``degraded``, and the next
+  request retries the write.
+* **Transient is not definitive.** Only ``invalid_grant`` and friends (``GrantEndedError``) end the grant;
+  a network failure keeps it and serves the current access token while it is still valid.
+
+Login: ``login()`` starts the flow (discovery from the server's 401, registration keyed by issuer,
+authorization code + PKCE through the loopback listener) and returns once the authorization URL is known;
+``login_wait()`` awaits the outcome; ``login_complete()`` accepts a pasted code or redirect URL instead of
+the browser's callback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import httpx
+import trio
+
+from brokerd import oauth
+from brokerd.actors import TokenAnswer
+from brokerd.callback import CallbackHub, CallbackListener
+from brokerd.config import Server
+from brokerd.oauth_driver import drive, send
+from brokerd.schedule import is_usable
+from brokerd.secret import Secret
+from brokerd.store import RegistrationRecord, ServerRecord, Store, StoreError, TokenRecord
+from brokerd.wire import WireError
+
+__all__ = ["OAuthActor", "OAuthContext"]
+
+log = logging.getLogger("brokerd.grant")
+
+LOGIN_TIMEOUT = 300.0
+
+
+@dataclass
+class OAuthContext:
+    """What every OAuth actor shares: one HTTP client, the callback listeners, the daemon's nursery."""
+
+    http: httpx.AsyncClient
+    hub: CallbackHub
+    nursery: trio.Nursery
+    clock: Callable[[], float] = time.time
+    entropy: Callable[[int], bytes] = os.urandom
+
+
+@dataclass
+class _Outcome:
+    done: trio.Event = field(default_factory=trio.Event)
+    error: WireError | None = None
+
+
+@dataclass
+class _Login(_Outcome):
+    mode: Literal["browser", "paste"] = "browser"
+    started_at: float = 0.0
+    url: str | None = None
+    url_known: trio.Event = field(default_factory=trio.Event)
+    pasted: trio.MemorySendChannel[str] | None = None
+
+
+# ---- persistence: the core's records <-> the store's ----------------------------------------------
+
+
+def _token_record(t: oauth.TokenSet) -> TokenRecord:
+    return TokenRecord(
+        access_token=t.access_token,
+        refresh_token=t.refresh_token,
+        token_type=t.token_type,
+        expires_at=t.expires_at,
+        issued_lifetime=t.lifetime,
+        scopes=list(t.scopes),
+        token_endpoint=t.token_endpoint,
+        issuer=t.issuer,
+        resource=t.resource,
+        obtained_at=t.obtained_at,
+        client_id=t.client_id,
+        revocation_endpoint=t.revocation_endpoint,
+    )
+
+
+def _token_set(r: TokenRecord) -> oauth.TokenSet | None:
+    if r.access_token is None or r.issuer is None or r.client_id is None or r.token_endpoint is None:
+        return None
+    return oauth.TokenSet(
+        access_token=r.access_token,
+        issuer=r.issuer,
+        client_id=r.client_id,
+        token_endpoint=r.token_endpoint,
+        token_type=r.token_type,
+        refresh_token=r.refresh_token,
+        expires_at=r.expires_at,
+        lifetime=r.issued_lifetime,
+        obtained_at=r.obtained_at or 0.0,
+        scopes=tuple(r.scopes),
+        resource=r.resource,
+        revocation_endpoint=r.revocation_endpoint,
+    )
+
+
+def _registration_record(g: oauth.Registration) -> RegistrationRecord:
+    return RegistrationRecord(
+        client_id=g.client_id,
+        client_secret=g.client_secret,
+        token_endpoint_auth_method=g.token_endpoint_auth_method,
+        redirect_uris=list(g.redirect_uris),
+        registered_at=g.registered_at,
+        registration_client_uri=g.registration_client_uri,
+        registration_access_token=g.registration_access_token,
+        client_secret_expires_at=g.client_secret_expires_at,
+        source=g.source,
+        grant_types=list(g.grant_types),
+        scope=g.scope,
+    )
+
+
+def _registration(issuer: str, r: RegistrationRecord) -> oauth.Registration | None:
+    source = r.source if r.source in ("preregistered", "metadata_document", "dynamic") else "dynamic"
+    method = r.token_endpoint_auth_method
+    if method not in ("none", "client_secret_basic", "client_secret_post"):
+        return None
+    return oauth.Registration(
+        issuer=issuer,
+        client_id=r.client_id,
+        client_secret=r.client_secret,
+        token_endpoint_auth_method=method,  # type: ignore[arg-type]
+        source=source,  # type: ignore[arg-type]
+        redirect_uris=tuple(r.redirect_uris),
+        grant_types=tuple(r.grant_types),
+        scope=r.scope,
+        registered_at=r.registered_at or 0.0,
+        client_secret_expires_at=r.client_secret_expires_at,
+        registration_access_token=r.registration_access_token,
+        registration_client_uri=r.registration_client_uri,
+    )
+
+
+# ---- the actor ------------------------------------------------------------------------------------
+
+
+async def _no_device_code(effect: oauth.ShowDeviceCode) -> None:
+    raise AssertionError("device flow is not started by this actor")
+
+
+async def _no_redirect(effect: oauth.AwaitRedirect) -> Mapping[str, str]:
+    raise AssertionError("this flow does not redirect")
+
+
+class OAuthActor:
+    def __init__(self, server: Server, store: Store, ctx: OAuthContext) -> None:
+        assert server.url is not None
+        assert server.oauth is not None
+        self.server = server
+        self._url = server.url
+        self._settings = server.oauth
+        self._store = store
+        self._ctx = ctx
+        self._policy = oauth.UrlPolicy(
+            allow_insecure_loopback=server.allow_insecure_loopback,
+            allow_private_network=server.allow_private_network,
+        )
+        self._loaded = False
+        self._tokens: oauth.TokenSet | None = None
+        self._registrations: dict[str, oauth.Registration] = {}
+        self._refresh: _Outcome | None = None
+        self._login: _Login | None = None
+        self._unsaved = False
+        self._last_refresh: float | None = None
+        self._last_error: str | None = None
+
+    def accepts(self, server: Server) -> bool:
+        return server == self.server
+
+    # ---- hints ------------------------------------------------------------------------------------
+
+    def _needs_login(self, why: str) -> WireError:
+        return WireError("needs_login", f"{self.server.name}: {why}", f"ncp-broker login {self.server.name}")
+
+    def _login_pending(self, login: _Login) -> WireError:
+        where = f" at {login.url}" if login.url else ""
+        return WireError(
+            "login_in_progress",
+            f"{self.server.name}: a login is in progress{where}",
+            f"finish it in the browser, or run: ncp-broker login {self.server.name}",
+        )
+
+    # ---- state ------------------------------------------------------------------------------------
+
+    async def _load(self) -> None:
+        if self._loaded:
+            return
+        try:
+            record = await self._store.load(self._url)
+        except StoreError as exc:
+            raise WireError(
+                "internal", f"{self.server.name}: cannot read stored credentials: {exc}"
+            ) from None
+        if record is not None:
+            for issuer, reg in record.registrations.items():
+                if (registration := _registration(issuer, reg)) is not None:
+                    self._registrations[issuer] = registration
+            if record.tokens is not None:
+                self._tokens = _token_set(record.tokens)
+        self._loaded = True
+
+    async def _save(self) -> None:
+        """Write the whole grant; on failure keep it in memory and report ``degraded`` (rule 3)."""
+        record = ServerRecord(
+            server_url=self._url,
+            tokens=_token_record(self._tokens) if self._tokens is not None else None,
+            registrations={i: _registration_record(r) for i, r in self._registrations.items()},
+        )
+        try:
+            await self._store.save(record)
+        except StoreError as exc:
+            self._unsaved = True
+            self._last_error = f"could not save credentials: {exc}"
+            log.error(
+                "%s: %s; keeping them in memory and retrying on the next request", self.server.name, exc
+            )
+        else:
+            self._unsaved = False
+
+    # ---- tokens -----------------------------------------------------------------------------------
+
+    async def get_token(self, min_ttl: float) -> TokenAnswer:
+        await self._load()
+        if self._unsaved:
+            await self._save()
+        refreshed = False
+        while True:
+            tokens = self._tokens
+            if tokens is None:
+                if self._login is not None:
+                    raise self._login_pending(self._login)
+                raise self._needs_login("not logged in")
+            now = self._ctx.clock()
+            if refreshed or is_usable(now, tokens.obtained_at, tokens.expires_at, min_ttl):
+                if tokens.expires_at is not None and tokens.expires_at <= now:
+                    raise self._needs_login("the access token has expired")
+                return TokenAnswer(tokens.access_token, tokens.token_type, tokens.expires_at)
+            await self._refresh_once(tokens)
+            refreshed = True
+
+    async def token_rejected(self, token: Secret) -> TokenAnswer:
+        await self._load()
+        tokens = self._tokens
+        if tokens is not None and tokens.access_token == token:
+            await self._refresh_once(tokens)  # compare and swap: only the token that was refused
+        return await self.get_token(0)
+
+    async def _refresh_once(self, seen: oauth.TokenSet) -> None:
+        """Refresh ``seen`` unless someone already replaced it; join a refresh in flight."""
+        if self._tokens is not seen and self._refresh is None:
+            return
+        if seen.refresh_token is None:
+            raise self._needs_login("the token expired and the server gave no refresh token")
+        if self._refresh is None:
+            self._refresh = _Outcome()
+            self._ctx.nursery.start_soon(self._run_refresh, seen, self._refresh)
+        outcome = self._refresh
+        await outcome.done.wait()
+        if outcome.error is not None:
+            raise outcome.error
+
+    async def _run_refresh(self, tokens: oauth.TokenSet, outcome: _Outcome) -> None:
+        try:
+            registration = self._registrations.get(tokens.issuer)
+            if registration is None:
+                raise oauth.GrantEndedError("the client registration for this grant is gone", error="")
+            new = await drive(
+                oauth.refresh(tokens, registration, policy=self._policy),
+                http=self._ctx.http,
+                on_redirect=_no_redirect,
+                on_device_code=_no_device_code,
+                clock=self._ctx.clock,
+            )
+            self._tokens = new
+            self._last_refresh = self._ctx.clock()
+            self._last_error = None
+            await self._save()
+            log.info("%s: refreshed; the new token expires at %s", self.server.name, new.expires_at)
+        except oauth.GrantEndedError as exc:
+            self._tokens = None
+            self._last_error = f"grant ended: {exc.message}"
+            if exc.client_rejected:
+                self._registrations.pop(tokens.issuer, None)
+            await self._save()
+            log.warning("%s: the grant ended (%s); a login is needed", self.server.name, exc.message)
+            outcome.error = self._needs_login(f"the authorization server ended the grant ({exc.message})")
+        except oauth.OAuthError as exc:
+            self._last_error = exc.message
+            log.warning("%s: refresh failed, keeping the grant: %s", self.server.name, exc.message)
+            if tokens.expires_at is not None and tokens.expires_at <= self._ctx.clock():
+                outcome.error = WireError(
+                    "as_unreachable",
+                    f"{self.server.name}: the token expired and cannot be refreshed now: {exc.message}",
+                    f"try again shortly; see: ncp-broker status {self.server.name}",
+                )
+        finally:
+            self._refresh = None
+            outcome.done.set()
+
+    # ---- login ------------------------------------------------------------------------------------
+
+    async def login(self, mode: Literal["browser", "paste"]) -> dict[str, Any]:
+        """Start a login (or join the pending one) and return its authorization URL."""
+        await self._load()
+        joined = self._login is not None
+        if self._login is None:
+            self._login = _Login(mode=mode, started_at=self._ctx.clock())
+            self._ctx.nursery.start_soon(self._run_login, self._login)
+        login = self._login
+        with trio.move_on_after(60):
+            await login.url_known.wait()  # set when the URL is known, or when the login ends early
+        if login.error is not None:
+            raise login.error
+        if login.url is None:
+            raise WireError("as_unreachable", f"{self.server.name}: the login did not start within 60 s")
+        return {"url": login.url, "joined": joined, "started_at": login.started_at}
+
+    async def login_wait(self) -> TokenAnswer:
+        login = self._login
+        if login is not None:
+            await login.done.wait()
+            if login.error is not None:
+                raise login.error
+        return await self.get_token(0)
+
+    async def login_complete(self, response: str) -> TokenAnswer:
+        login = self._login
+        if login is None or login.pasted is None:
+            raise WireError("bad_request", f"{self.server.name}: no login is waiting for a pasted code")
+        await login.pasted.send(response)
+        return await self.login_wait()
+
+    async def _run_login(self, login: _Login) -> None:
+        try:
+            port = self._settings.callback_port or 0
+            async with self._ctx.hub.listener(port=port) as listener:
+                self._tokens = await self._authorize(login, listener)
+                self._last_refresh = self._ctx.clock()
+                self._last_error = None
+                await self._save()
+                log.info("%s: logged in", self.server.name)
+        except oauth.OAuthError as exc:
+            login.error = WireError(
+                "needs_login",
+                f"{self.server.name}: login failed: {exc.message}",
+                exc.hint or f"ncp-broker login {self.server.name}",
+            )
+            self._last_error = f"login failed: {exc.message}"
+            log.warning("%s: login failed: %s", self.server.name, exc.message)
+        except Exception:
+            log.exception("%s: login crashed", self.server.name)
+            login.error = WireError("internal", f"{self.server.name}: login failed; see the daemon's log")
+        finally:
+            self._login = None
+            login.url_known.set()
+            login.done.set()
+
+    async def _authorize(self, login: _Login, listener: CallbackListener) -> oauth.TokenSet:
+        ctx = self._ctx
+        probe = await send(
+            ctx.http,
+            oauth.HttpRequest(
+                "POST",
+                self._url,
+                (("content-type", "application/json"), ("accept", "application/json, text/event-stream")),
+                json.dumps({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {}}).encode(),
+            ),
+            clock=ctx.clock,
+        )
+        challenge = None
+        if isinstance(probe, oauth.HttpResponse):
+            challenge = oauth.bearer_challenge(probe.header_values("www-authenticate"))
+        discovery = await drive(
+            oauth.discover(self._url, policy=self._policy, challenge=challenge),
+            http=ctx.http,
+            on_redirect=_no_redirect,
+            on_device_code=_no_device_code,
+            clock=ctx.clock,
+        )
+        configured = self._settings.scopes
+        scopes = oauth.select_scopes(discovery, configured)
+        registration = self._registrations.get(discovery.issuer)
+        if registration is None or registration.source == "preregistered":
+            registration = await drive(
+                oauth.register(
+                    discovery,
+                    policy=self._policy,
+                    redirect_uris=[listener.redirect_uri],
+                    now=ctx.clock(),
+                    client_id=self._settings.client_id,
+                    client_secret=self._settings.client_secret,
+                    client_metadata_url=self._settings.client_metadata_url,
+                    scopes=scopes,
+                ),
+                http=ctx.http,
+                on_redirect=_no_redirect,
+                on_device_code=_no_device_code,
+                clock=ctx.clock,
+            )
+            self._registrations[discovery.issuer] = registration
+            await self._save()
+
+        async def on_redirect(effect: oauth.AwaitRedirect) -> Mapping[str, str]:
+            send_pasted, receive_pasted = trio.open_memory_channel[str](1)
+            login.pasted = send_pasted
+            login.url = effect.authorization_url
+            login.url_known.set()
+            result: dict[str, Mapping[str, str]] = {}
+            async with trio.open_nursery() as nursery:
+
+                async def from_listener() -> None:
+                    result["query"] = await listener.expect(
+                        effect.state, timeout=LOGIN_TIMEOUT, issuer=discovery.issuer
+                    )
+                    nursery.cancel_scope.cancel()
+
+                async def from_paste() -> None:
+                    text = await receive_pasted.receive()
+                    result["query"] = oauth.parse_pasted_response(text, effect.redirect_uri, effect.state)
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(from_listener)
+                nursery.start_soon(from_paste)
+            return result["query"]
+
+        return await drive(
+            oauth.authorization_code_flow(
+                discovery,
+                registration,
+                policy=self._policy,
+                redirect_uri=listener.redirect_uri,
+                scopes=scopes,
+                entropy=ctx.entropy,
+            ),
+            http=ctx.http,
+            on_redirect=on_redirect,
+            on_device_code=_no_device_code,
+            clock=ctx.clock,
+        )
+
+    # ---- status -----------------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        now = self._ctx.clock()
+        info: dict[str, Any] = {"last_refresh": self._last_refresh, "last_error": self._last_error}
+        tokens = self._tokens
+        if self._login is not None:
+            state, detail = "login_pending", f"login pending since {time.ctime(self._login.started_at)}"
+            info["login_url"] = self._login.url
+        elif self._refresh is not None:
+            state, detail = "refreshing", "refreshing now"
+        elif tokens is None:
+            state, detail = "needs_login", "not logged in" if self._loaded else "not loaded yet"
+            info["hint"] = f"ncp-broker login {self.server.name}"
+        elif self._unsaved:
+            state, detail = "degraded", "credentials are held in memory only; saving is retried"
+        elif tokens.expires_at is not None and tokens.expires_at <= now:
+            state, detail = "expired", "the access token has expired; the next request refreshes it"
+        else:
+            state = "valid"
+            detail = f"expires {time.ctime(tokens.expires_at)}" if tokens.expires_at else "no expiry given"
+        info["expires_at"] = tokens.expires_at if tokens else None
+        return {"state": state, "detail": detail, **info}

@@ -1,0 +1,157 @@
+"""OAuth through the real daemon: `ncp-broker login`, then `ncp-token`, against oidc-provider and the mcp SDK.
+
+The browser is the fixtures' HTTP driver set as $BROWSER for the `ncp-broker login` process (A7: the
+browser is opened with `webbrowser`, never a shell).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from typing import TYPE_CHECKING
+
+import httpx
+import pytest
+
+from tests.conftest import Daemon, Env, start_daemon
+from tests.servers.helpers import McpSession
+
+if TYPE_CHECKING:
+    from tests.servers.fixtures import (
+        BrowserEnvFactory,
+        McpServer,
+        McpServerFactory,
+        OidcServer,
+        OidcServerFactory,
+    )
+
+pytestmark = pytest.mark.integration
+
+
+def configure(env: Env, mcp: McpServer, name: str = "srv") -> None:
+    env.write_config(
+        {name: {"url": mcp.url, "auth": {"type": "oauth", "oauth21": {}, "allowInsecureLoopback": True}}}
+    )
+
+
+def tools_list(url: str, token: str) -> list[str]:
+    with httpx.Client(timeout=10) as http:
+        session = McpSession(http, url, token)
+        session.initialize()
+        return [tool["name"] for tool in session.request("tools/list")["tools"]]
+
+
+@pytest.fixture
+def servers(oidc_server: OidcServerFactory, mcp_server: McpServerFactory) -> tuple[OidcServer, McpServer]:
+    oidc = oidc_server(access_token_ttl=3)
+    return oidc, mcp_server(oidc)
+
+
+def test_login_then_token_then_refresh_then_restart(
+    env: Env, servers: tuple[OidcServer, McpServer], browser_env: BrowserEnvFactory
+) -> None:
+    """From nothing but the URL: discovery, DCR, PKCE login, a token the MCP server accepts (A1-A7, R3, T1);
+    a 3-second token is refreshed on demand with rotation and no replay (T3, T4); a restarted daemon
+    refreshes without a login (rule 5)."""
+    oidc, mcp = servers
+    configure(env, mcp)
+    daemon = start_daemon(env)
+    try:
+        before = env.run("ncp-token", "srv")
+        assert before.returncode == 5
+        assert "ncp-broker login srv" in before.stderr
+        login = env.run("ncp-broker", "login", "srv", extra_env=dict(browser_env()), timeout=120)
+        assert login.returncode == 0, login.stderr + daemon.log_text()
+        assert "Authorized srv" in login.stdout
+        token = env.run("ncp-token", "srv").stdout.strip()
+        assert "echo" in tools_list(mcp.url, token)
+        time.sleep(2.5)  # past the point where min_ttl (capped at 1 s) + 1 s skew no longer fits
+        second = env.run("ncp-token", "srv").stdout.strip()
+        assert second != token
+        assert "echo" in tools_list(mcp.url, second)
+        daemon.stop()
+        time.sleep(2.5)
+        daemon = start_daemon(env)
+        third = env.run("ncp-token", "srv")
+        assert third.returncode == 0, third.stderr + daemon.log_text()
+        assert third.stdout.strip() not in (token, second)
+        assert "echo" in tools_list(mcp.url, third.stdout.strip())
+        stats = oidc.stats()
+        assert stats["replay_detected"] == 0
+        assert stats["token_requests"]["authorization_code"] == 1
+        assert stats["token_requests"]["refresh_token"] == 2
+        status = json.loads(env.run("ncp-broker", "status", "--json").stdout)
+        assert status["servers"][0]["state"] == "valid"
+        text = daemon.log_text() + json.dumps(status)
+        for secret in (token, second, third.stdout.strip()):
+            assert secret not in text
+    finally:
+        daemon.stop()
+
+
+def test_denied_consent_is_reported_plainly(
+    env: Env, servers: tuple[OidcServer, McpServer], browser_env: BrowserEnvFactory, daemon: Daemon
+) -> None:
+    """A refused consent ends the login with access_denied in plain words and no token (A4/A5 path)."""
+    _, mcp = servers
+    configure(env, mcp)
+    env.run("ncp-broker", "reload")
+    login = env.run("ncp-broker", "login", "srv", extra_env=dict(browser_env(action="deny")), timeout=120)
+    assert login.returncode == 5
+    assert "access_denied" in login.stderr or "denied" in login.stderr
+    assert env.run("ncp-token", "srv").returncode == 5
+
+
+def test_concurrent_logins_share_one_authorization(
+    env: Env, servers: tuple[OidcServer, McpServer], browser_env: BrowserEnvFactory, daemon: Daemon
+) -> None:
+    """Two `login` commands at once produce one authorization at the server; both succeed."""
+    oidc, mcp = servers
+    configure(env, mcp)
+    env.run("ncp-broker", "reload")
+    browser = dict(browser_env())
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "brokerd", "login", "srv"],
+            env={**env.vars, **browser},
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    outputs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    assert any("already in progress" in out for out, _ in outputs)
+    assert oidc.stats()["token_requests"]["authorization_code"] == 1
+
+
+def test_sigterm_during_login_stops_cleanly(
+    env: Env, servers: tuple[OidcServer, McpServer], daemon: Daemon
+) -> None:
+    """A daemon stopped while a login waits for the browser exits 0 and frees the callback port."""
+    _, mcp = servers
+    configure(env, mcp)
+    env.run("ncp-broker", "reload")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "brokerd", "login", "srv", "--no-browser"],
+        env=env.vars,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while "login_pending" not in env.run("ncp-broker", "status", "--json").stdout:
+            assert time.monotonic() < deadline, daemon.log_text()
+            time.sleep(0.1)
+        daemon.proc.send_signal(signal.SIGTERM)
+        assert daemon.proc.wait(10) == 0
+    finally:
+        proc.kill()
+        proc.communicate(timeout=10)
