@@ -56,7 +56,7 @@ class KeyStore(Protocol):
 
     async def load_access_key(self, server_url: str) -> Secret | None: ...
 
-    async def save_access_key(self, server_url: str, key: Secret) -> None: ...
+    async def save_access_key(self, server_url: str, key: Secret | None) -> None: ...
 
 
 class Actor(Protocol):
@@ -107,6 +107,14 @@ class BearerActor:
         await self._store.save_access_key(self.server.url, key)
         self._key = key
         self._rejected_at = None
+
+    async def forget_key(self) -> dict[str, Any]:
+        """Logout for an access key: forget the stored key (a key in the config file stays there)."""
+        assert self.server.url is not None
+        await self._store.save_access_key(self.server.url, None)
+        had = self._key is not None
+        self._key = self.server.access_key
+        return {"had_grant": had, "revocation": [], "saved": True}
 
     async def token_rejected(self, token: Secret) -> TokenAnswer:
         answer = await self.get_token(0)

@@ -147,6 +147,13 @@ class Broker:
             case wire.LoginComplete(server=name, response=response):
                 answer = await self._oauth_actor(name).login_complete(response.reveal())
                 return answer.as_result(self.clock())
+            case wire.Logout(server=name):
+                actor = self._actor(name)
+                if isinstance(actor, OAuthActor):
+                    return await actor.logout()
+                if isinstance(actor, BearerActor):
+                    return await actor.forget_key()
+                raise wire.WireError("not_brokered", f"{name} holds no credentials to log out of")
             case wire.Shutdown():
                 self.shutdown_requested.set()
                 return {"stopping": True}

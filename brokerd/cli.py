@@ -359,10 +359,48 @@ def _open_browser(url: str) -> bool:
         return False
 
 
+def cmd_logout(args: argparse.Namespace) -> int:
+    result = _call(args, {"op": "logout", "server": args.name}, timeout=60)
+    _print_logout(args.name, result)
+    return EXIT_OK
+
+
+def _print_logout(name: str, result: dict[str, Any]) -> None:
+    if not result.get("had_grant"):
+        print(f"{name}: nothing to log out of; local credentials are cleared")
+        return
+    for r in result.get("revocation", []):
+        detail = f" ({r['detail']})" if r.get("detail") else ""
+        print(f"{name}: {r['token']}: {r['outcome']}{detail}")
+    if not result.get("revocation"):
+        print(f"{name}: the authorization server offers no revocation; local credentials are deleted")
+    else:
+        print(f"{name}: logged out; local credentials are deleted")
+
+
+def _forget_offline(cfg: config.Config, url: str) -> None:
+    """Delete a server's stored credentials when no daemon owns the store."""
+    import trio
+
+    from brokerd.store import open_store
+
+    async def forget() -> None:
+        await open_store(cfg.store, paths.data_dir()).delete(url)
+
+    trio.run(forget)
+
+
 def cmd_remove(args: argparse.Namespace) -> int:
     cfg = _load_config(args)
     if args.name not in cfg.servers:
         raise CliError(f"no server named {args.name!r} in {args.config}", 4)
+    server = cfg.servers[args.name]
+    if server.kind != "none" and server.url:
+        if _running(args) is not None:
+            _print_logout(args.name, _call(args, {"op": "logout", "server": args.name}, timeout=60))
+        else:
+            _forget_offline(cfg, server.url)
+            print(f"{args.name}: local credentials deleted (not revoked: the daemon is not running)")
 
     def change(raw: dict[str, Any]) -> None:
         del raw["mcpServers"][args.name]
@@ -445,7 +483,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     s.set_defaults(func=cmd_login)
 
-    s = sub.add_parser("remove", help="delete a server from the config")
+    s = sub.add_parser("logout", help="revoke a server's grant (RFC 7009) and delete its local tokens")
+    s.add_argument("name")
+    s.set_defaults(func=cmd_logout)
+
+    s = sub.add_parser("remove", help="log out of a server and delete it from the config")
     s.add_argument("name")
     s.set_defaults(func=cmd_remove)
     return p

@@ -316,6 +316,41 @@ class OAuthActor:
             self._refresh = None
             outcome.done.set()
 
+    # ---- logout -----------------------------------------------------------------------------------
+
+    async def logout(self) -> dict[str, Any]:
+        """Revoke the grant at the authorization server (RFC 7009, refresh token first), then forget the
+        tokens whatever the answer (T6). The client registration is kept for the next login."""
+        await self._load()
+        if self._refresh is not None:
+            await self._refresh.done.wait()  # revoke what the refresh produced, not what it replaced
+        tokens = self._tokens
+        revoked: list[dict[str, str]] = []
+        if tokens is not None:
+            registration = self._registrations.get(tokens.issuer)
+            if registration is not None:
+                try:
+                    outcomes = await drive(
+                        oauth.revoke(tokens, registration, policy=self._policy),
+                        http=self._ctx.http,
+                        on_redirect=_no_redirect,
+                        on_device_code=_no_device_code,
+                        clock=self._ctx.clock,
+                    )
+                except oauth.OAuthError as exc:
+                    revoked.append({"token": "all", "outcome": "refused", "detail": exc.message})
+                else:
+                    revoked += [
+                        {"token": o.token_type_hint, "outcome": o.outcome, "detail": o.detail}
+                        for o in outcomes
+                    ]
+        self._tokens = None
+        await self._save()
+        log.info(
+            "%s: logged out (%s)", self.server.name, ", ".join(r["outcome"] for r in revoked) or "no grant"
+        )
+        return {"had_grant": tokens is not None, "revocation": revoked, "saved": not self._unsaved}
+
     # ---- login ------------------------------------------------------------------------------------
 
     async def login(self, mode: Literal["browser", "paste"]) -> dict[str, Any]:

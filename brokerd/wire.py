@@ -33,6 +33,7 @@ __all__ = [
     "Login",
     "LoginComplete",
     "LoginWait",
+    "Logout",
     "Reload",
     "Request",
     "SetAccessKey",
@@ -143,6 +144,12 @@ class LoginComplete(_Base, tag="login_complete"):
     response: Secret
 
 
+class Logout(_Base, tag="logout"):
+    """Revoke the server's grant at its authorization server and forget the local tokens (or the key)."""
+
+    server: str
+
+
 class Shutdown(_Base, tag="shutdown"):
     """Stop the daemon after answering."""
 
@@ -158,6 +165,7 @@ Request = (
     | Login
     | LoginWait
     | LoginComplete
+    | Logout
     | Shutdown
 )
 

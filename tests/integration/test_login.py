@@ -155,3 +155,48 @@ def test_sigterm_during_login_stops_cleanly(
     finally:
         proc.kill()
         proc.communicate(timeout=10)
+
+
+def test_logout_revokes_at_the_server_and_forgets_locally(
+    env: Env, servers: tuple[OidcServer, McpServer], browser_env: BrowserEnvFactory, daemon: Daemon
+) -> None:
+    """`logout` revokes the refresh token (RFC 7009, T6): the server ends the grant; local tokens are gone."""
+    oidc, mcp = servers
+    configure(env, mcp)
+    env.run("ncp-broker", "reload")
+    assert env.run("ncp-broker", "login", "srv", extra_env=dict(browser_env()), timeout=120).returncode == 0
+    stored = next(env.data.glob("*.json")).read_text()
+    refresh_token = json.loads(stored)["tokens"]["refresh_token"]
+    out = env.run("ncp-broker", "logout", "srv")
+    assert out.returncode == 0, out.stderr
+    assert "refresh_token: revoked" in out.stdout
+    assert refresh_token not in out.stdout + daemon.log_text()
+    assert env.run("ncp-token", "srv").returncode == 5
+    assert json.loads(next(env.data.glob("*.json")).read_text()).get("tokens") is None
+    # the server agrees: the old refresh token is dead
+    answer = httpx.post(
+        oidc.metadata()["token_endpoint"],
+        data={
+            "grant_type": "refresh_token",
+            "refresh_token": refresh_token,
+            "client_id": json.loads(stored)["tokens"]["client_id"],
+        },
+        timeout=10,
+    )
+    assert answer.status_code == 400
+    assert answer.json()["error"] == "invalid_grant"
+
+
+def test_logout_with_unreachable_server_still_forgets(
+    env: Env, servers: tuple[OidcServer, McpServer], browser_env: BrowserEnvFactory, daemon: Daemon
+) -> None:
+    """With the revocation endpoint unreachable, logout says so and the local tokens are deleted anyway."""
+    oidc, mcp = servers
+    configure(env, mcp)
+    env.run("ncp-broker", "reload")
+    assert env.run("ncp-broker", "login", "srv", extra_env=dict(browser_env()), timeout=120).returncode == 0
+    oidc.stop()
+    out = env.run("ncp-broker", "logout", "srv")
+    assert out.returncode == 0, out.stderr
+    assert "unreachable" in out.stdout
+    assert env.run("ncp-token", "srv").returncode == 5
