@@ -54,9 +54,16 @@ class Broker:
         actors: dict[str, Actor] = {}
         for name, server in cfg.servers.items():
             old = self.actors.get(name)
-            actors[name] = (
-                old if old is not None and old.accepts(server) else make_actor(server, self.store, self.oauth)
-            )
+            if old is not None and old.accepts(server):
+                actors[name] = old
+                continue
+            new = make_actor(server, self.store, self.oauth)
+            if isinstance(old, OAuthActor) and isinstance(new, OAuthActor) and old.server.url == server.url:
+                new.adopt(old)  # same grant, new settings: one writer, never two
+            actors[name] = new
+        for name, old in self.actors.items():
+            if isinstance(old, OAuthActor) and actors.get(name) is not old:
+                old.close()
         self.config = cfg
         self.actors = actors
 

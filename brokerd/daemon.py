@@ -205,6 +205,7 @@ async def _main(opts: DaemonOptions, readiness: _Readiness) -> None:
                     cfg, store, oauth=oauth, socket_path=sock, store_description=str(store.describe())
                 )
                 nursery.start_soon(_watch_signals, broker, nursery.cancel_scope)
+                nursery.start_soon(oauth.scheduler.run, nursery)
                 await nursery.start(serve, listener, broker.handle)
                 log.info(
                     "ncp-broker %s listening on %s (pid %d, config %s, store %s)",

@@ -20,9 +20,12 @@ the browser's callback.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import math
 import os
+import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -36,16 +39,49 @@ from brokerd.actors import TokenAnswer
 from brokerd.callback import CallbackHub, CallbackListener
 from brokerd.config import Server
 from brokerd.oauth_driver import drive, send
-from brokerd.schedule import is_usable
+from brokerd.schedule import Schedule, backoff_delay, is_usable, refresh_at
 from brokerd.secret import Secret
 from brokerd.store import RegistrationRecord, ServerRecord, Store, StoreError, TokenRecord
 from brokerd.wire import WireError
 
-__all__ = ["OAuthActor", "OAuthContext"]
+__all__ = ["OAuthActor", "OAuthContext", "Scheduler"]
 
 log = logging.getLogger("brokerd.grant")
 
 LOGIN_TIMEOUT = 300.0
+
+
+class Scheduler:
+    """Proactive refresh: one task sleeps until the earliest deadline of any actor (no polling).
+
+    Deadlines are wall-clock, like token expiry; the sleep converts them with the actors' clock.
+    """
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self._schedule = Schedule()
+        self._actors: dict[str, OAuthActor] = {}
+        self._wake = trio.Event()
+
+    def set(self, actor: OAuthActor, deadline: float | None) -> None:
+        name = actor.server.name
+        self._actors[name] = actor
+        self._schedule.set(name, deadline)
+        self._wake.set()
+
+    def next_deadline(self, actor: OAuthActor) -> float | None:
+        return self._schedule.get(actor.server.name) if self._actors.get(actor.server.name) is actor else None
+
+    async def run(self, nursery: trio.Nursery) -> None:
+        while True:
+            self._wake = trio.Event()
+            for name in self._schedule.pop_due(self._clock()):
+                actor = self._actors.pop(name, None)
+                if actor is not None:
+                    nursery.start_soon(actor.refresh_due)
+            deadline = self._schedule.next_deadline()
+            with trio.move_on_after(math.inf if deadline is None else max(0.0, deadline - self._clock())):
+                await self._wake.wait()
 
 
 @dataclass
@@ -57,6 +93,11 @@ class OAuthContext:
     nursery: trio.Nursery
     clock: Callable[[], float] = time.time
     entropy: Callable[[int], bytes] = os.urandom
+    jitter: Callable[[], float] = random.random
+    scheduler: Scheduler = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.scheduler = Scheduler(self.clock)
 
 
 @dataclass
@@ -182,6 +223,10 @@ class OAuthActor:
         self._unsaved = False
         self._last_refresh: float | None = None
         self._last_error: str | None = None
+        self._failures = 0  # transient refresh failures in a row
+        self._retry_at: float | None = None
+        self._planned_at: float | None = None
+        self._closed = False
 
     def accepts(self, server: Server) -> bool:
         return server == self.server
@@ -190,6 +235,14 @@ class OAuthActor:
 
     def _needs_login(self, why: str) -> WireError:
         return WireError("needs_login", f"{self.server.name}: {why}", f"ncp-broker login {self.server.name}")
+
+    def _unreachable(self, why: str) -> WireError:
+        retry = f"; next try at {time.ctime(self._retry_at)}" if self._retry_at is not None else ""
+        return WireError(
+            "as_unreachable",
+            f"{self.server.name}: the token has expired and cannot be refreshed now ({why}){retry}",
+            f"wait for the authorization server; see: ncp-broker status {self.server.name}",
+        )
 
     def _login_pending(self, login: _Login) -> WireError:
         where = f" at {login.url}" if login.url else ""
@@ -217,6 +270,38 @@ class OAuthActor:
             if record.tokens is not None:
                 self._tokens = _token_set(record.tokens)
         self._loaded = True
+        self._plan()
+
+    def _plan(self) -> None:
+        """Schedule the next proactive refresh (or the next retry after a transient failure)."""
+        tokens = self._tokens
+        if self._closed or tokens is None or tokens.refresh_token is None:
+            self._planned_at = None
+        elif self._retry_at is not None:
+            self._planned_at = self._retry_at
+        else:
+            self._planned_at = refresh_at(tokens.obtained_at, tokens.expires_at, jitter=self._ctx.jitter())
+        self._ctx.scheduler.set(self, self._planned_at)
+
+    def close(self) -> None:
+        """This actor was replaced by a reload: it must never refresh again (one writer per grant)."""
+        self._closed = True
+        self._ctx.scheduler.set(self, None)
+
+    def adopt(self, old: OAuthActor) -> None:
+        """Take over the grant of the actor this one replaces (same server URL, changed settings)."""
+        self._tokens, self._registrations, self._loaded = old._tokens, old._registrations, old._loaded
+        old.close()
+        self._plan()
+
+    async def refresh_due(self) -> None:
+        """The scheduler's call: refresh now unless the grant changed meanwhile. Never raises."""
+        tokens = self._tokens
+        planned = self._planned_at
+        if self._closed or tokens is None or planned is None or self._ctx.clock() < planned:
+            return  # a request refreshed it first, and a later refresh is planned now
+        with contextlib.suppress(WireError):
+            await self._refresh_once(tokens)
 
     async def _save(self) -> None:
         """Write the whole grant; on failure keep it in memory and report ``degraded`` (rule 3)."""
@@ -250,10 +335,15 @@ class OAuthActor:
                     raise self._login_pending(self._login)
                 raise self._needs_login("not logged in")
             now = self._ctx.clock()
+            expired = tokens.expires_at is not None and tokens.expires_at <= now
             if refreshed or is_usable(now, tokens.obtained_at, tokens.expires_at, min_ttl):
-                if tokens.expires_at is not None and tokens.expires_at <= now:
-                    raise self._needs_login("the access token has expired")
+                if expired:
+                    raise self._unreachable(self._last_error or "the access token has expired")
                 return TokenAnswer(tokens.access_token, tokens.token_type, tokens.expires_at)
+            if not expired and self._retry_at is not None and now < self._retry_at:
+                return TokenAnswer(tokens.access_token, tokens.token_type, tokens.expires_at)  # still valid
+            if expired and self._retry_at is not None and now < self._retry_at:
+                raise self._unreachable(self._last_error or "the authorization server is unreachable")
             await self._refresh_once(tokens)
             refreshed = True
 
@@ -290,9 +380,12 @@ class OAuthActor:
                 on_device_code=_no_device_code,
                 clock=self._ctx.clock,
             )
+            if self._closed:
+                log.warning("%s: a refresh finished after a reload replaced this server", self.server.name)
             self._tokens = new
             self._last_refresh = self._ctx.clock()
             self._last_error = None
+            self._failures, self._retry_at = 0, None
             await self._save()
             log.info("%s: refreshed; the new token expires at %s", self.server.name, new.expires_at)
         except oauth.GrantEndedError as exc:
@@ -304,16 +397,24 @@ class OAuthActor:
             log.warning("%s: the grant ended (%s); a login is needed", self.server.name, exc.message)
             outcome.error = self._needs_login(f"the authorization server ended the grant ({exc.message})")
         except oauth.OAuthError as exc:
-            self._last_error = exc.message
-            log.warning("%s: refresh failed, keeping the grant: %s", self.server.name, exc.message)
+            # Transient (network, 408, 429, 5xx) or a refusal that does not end the grant: keep it, back off.
+            self._failures += 1
+            retry_after = exc.retry_after if isinstance(exc, oauth.TransientError) else None
+            delay = backoff_delay(self._failures, jitter=self._ctx.jitter(), retry_after=retry_after)
+            self._retry_at = self._ctx.clock() + delay
+            self._last_error = f"{type(exc).__name__}: {exc.message}"
+            log.warning(
+                "%s: refresh failed (attempt %d), keeping the grant, retrying in %.0f s: %s",
+                self.server.name,
+                self._failures,
+                delay,
+                exc.message,
+            )
             if tokens.expires_at is not None and tokens.expires_at <= self._ctx.clock():
-                outcome.error = WireError(
-                    "as_unreachable",
-                    f"{self.server.name}: the token expired and cannot be refreshed now: {exc.message}",
-                    f"try again shortly; see: ncp-broker status {self.server.name}",
-                )
+                outcome.error = self._unreachable(exc.message)
         finally:
             self._refresh = None
+            self._plan()
             outcome.done.set()
 
     # ---- logout -----------------------------------------------------------------------------------
@@ -345,6 +446,8 @@ class OAuthActor:
                         for o in outcomes
                     ]
         self._tokens = None
+        self._failures, self._retry_at = 0, None
+        self._plan()
         await self._save()
         log.info(
             "%s: logged out (%s)", self.server.name, ", ".join(r["outcome"] for r in revoked) or "no grant"
@@ -391,7 +494,9 @@ class OAuthActor:
                 self._tokens = await self._authorize(login, listener)
                 self._last_refresh = self._ctx.clock()
                 self._last_error = None
+                self._failures, self._retry_at = 0, None
                 await self._save()
+                self._plan()
                 log.info("%s: logged in", self.server.name)
         except oauth.OAuthError as exc:
             login.error = WireError(
@@ -514,4 +619,10 @@ class OAuthActor:
             state = "valid"
             detail = f"expires {time.ctime(tokens.expires_at)}" if tokens.expires_at else "no expiry given"
         info["expires_at"] = tokens.expires_at if tokens else None
+        info["next_refresh"] = self._ctx.scheduler.next_deadline(self)
+        if self._failures and self._retry_at is not None:
+            info["retry_at"] = self._retry_at
+            if state == "valid":
+                state = "as_unreachable"
+                detail = f"{detail}; refresh failing, retrying at {time.ctime(self._retry_at)}"
         return {"state": state, "detail": detail, **info}

@@ -8,8 +8,9 @@ Rules (DESIGN.md rules 5, 7, 9; issue "one refresh chain per server"):
   3.3 s, not before it was issued.
 * A caller's ``min_ttl`` is capped at a third of the issued lifetime: asking for 30 s of a 5-second token
   means "a fresh one", not "refresh on every request".
-* A token is never handed out within :data:`EXPIRY_SKEW` of its expiry: authorization servers issue whole
-  seconds and resource servers check ``exp`` strictly, so a token can be refused a second early.
+* A token is handed out with ``min_ttl`` plus :data:`EXPIRY_SKEW` left (authorization servers issue whole
+  seconds and resource servers check ``exp`` strictly, so a token can be refused a second early) — capped
+  at a third of its lifetime, so a 3-second token is still served until its refresh point at 2 s.
 * Transient failures back off exponentially from 1 s to 5 min with full jitter, and a server's
   ``Retry-After`` is honoured (within the same ceiling).
 
@@ -65,10 +66,15 @@ def effective_min_ttl(min_ttl: float, obtained_at: float, expires_at: float | No
 
 
 def is_usable(now: float, obtained_at: float, expires_at: float | None, min_ttl: float) -> bool:
-    """Whether a token may be handed to a caller who needs it for ``min_ttl`` more seconds."""
+    """Whether a token may be handed to a caller who needs it for ``min_ttl`` more seconds.
+
+    The need is ``min_ttl`` plus :data:`EXPIRY_SKEW`, capped at a third of the issued lifetime — the
+    proactive refresh point — so that requests never refresh a token earlier than the schedule would.
+    """
     if expires_at is None:
         return True
-    return expires_at - now >= effective_min_ttl(min_ttl, obtained_at, expires_at) + EXPIRY_SKEW
+    lifetime = max(0.0, expires_at - obtained_at)
+    return expires_at - now >= min(min_ttl + EXPIRY_SKEW, lifetime / 3)
 
 
 def backoff_delay(attempt: int, *, jitter: float, retry_after: float | None = None) -> float:

@@ -82,7 +82,9 @@ def test_login_then_token_then_refresh_then_restart(
         stats = oidc.stats()
         assert stats["replay_detected"] == 0
         assert stats["token_requests"]["authorization_code"] == 1
-        assert stats["token_requests"]["refresh_token"] == 2
+        assert (
+            stats["token_requests"]["refresh_token"] >= 2
+        )  # on demand and proactive; exact counts: test_refresh.py
         status = json.loads(env.run("ncp-broker", "status", "--json").stdout)
         assert status["servers"][0]["state"] == "valid"
         text = daemon.log_text() + json.dumps(status)

@@ -56,10 +56,11 @@ def test_is_usable_keeps_min_ttl_and_a_second_of_skew(now: float, expected: bool
     assert is_usable(now, 0, 3600, 30) is expected
 
 
-def test_short_token_is_usable_until_the_capped_min_ttl() -> None:
-    """A 3-second token with min_ttl 30 is usable while 1 s + 1 s skew remain (not never)."""
+def test_short_token_is_usable_until_its_refresh_point() -> None:
+    """A 3-second token with min_ttl 30 is served until a third of its life remains, not refreshed sooner."""
     assert is_usable(1.0, 0, 3, 30)
-    assert not is_usable(1.01, 0, 3, 30)
+    assert is_usable(2.0, 0, 3, 30)
+    assert not is_usable(2.01, 0, 3, 30)
 
 
 @pytest.mark.parametrize(

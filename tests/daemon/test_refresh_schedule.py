@@ -1,0 +1,213 @@
+"""Proactive refresh on trio's MockClock: hours of refreshes at exact deadlines, backoff, single flight.
+
+The token endpoint is an httpx MockTransport and the store is in memory: both are edges; the thing under
+test is the actor and its scheduler (T3, T4, T5; DESIGN.md rules 2, 4, 7, 9).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+import trio.testing
+
+from brokerd.callback import CallbackHub
+from brokerd.config import OAuthSettings, Server
+from brokerd.grant import OAuthActor, OAuthContext
+from brokerd.secret import Secret
+from brokerd.store import RegistrationRecord, ServerRecord, StoreInfo, TokenRecord
+from brokerd.store._base import LoadReport
+from brokerd.wire import WireError
+
+URL = "http://127.0.0.1:9/mcp"
+ISSUER = "http://127.0.0.1:9"
+TOKEN_ENDPOINT = f"{ISSUER}/token"
+
+
+class MemoryStore:
+    """The store edge, in memory (no threads, so MockClock's autojump sees only the actor's sleeps)."""
+
+    def __init__(self) -> None:
+        self.records: dict[str, ServerRecord] = {}
+        self.saves = 0
+
+    async def load(self, server_url: str) -> ServerRecord | None:
+        return self.records.get(server_url)
+
+    async def save(self, record: ServerRecord) -> None:
+        self.saves += 1
+        self.records[record.server_url] = record
+
+    async def delete(self, server_url: str) -> None:
+        self.records.pop(server_url, None)
+
+    async def load_all(self) -> LoadReport:
+        return LoadReport(records=list(self.records.values()), problems=[])
+
+    def describe(self) -> StoreInfo:
+        return StoreInfo(backend="file", reason="memory", data_dir=Path("/nonexistent"), keyring_backend=None)
+
+    async def load_access_key(self, server_url: str) -> Secret | None:
+        return None
+
+    async def save_access_key(self, server_url: str, key: Secret | None) -> None:
+        return None
+
+
+class TokenEndpoint:
+    """A token endpoint that rotates refresh tokens and detects replay like oidc-provider."""
+
+    def __init__(self, lifetime: int) -> None:
+        self.lifetime = lifetime
+        self.current = "rt-0"
+        self.refresh_times: list[float] = []
+        self.replays = 0
+        self.fail_next = 0
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        form = dict(httpx.QueryParams(request.content.decode()))
+        self.refresh_times.append(trio.current_time())
+        if self.fail_next:
+            self.fail_next -= 1
+            return httpx.Response(503, headers={"retry-after": "7"})
+        if form.get("refresh_token") != self.current:
+            self.replays += 1
+            return httpx.Response(400, json={"error": "invalid_grant"})
+        n = len(self.refresh_times)
+        self.current = f"rt-{n}"
+        body = {"access_token": f"at-{n}", "token_type": "Bearer", "expires_in": self.lifetime}
+        return httpx.Response(200, content=json.dumps({**body, "refresh_token": self.current}))
+
+
+def seeded_store(lifetime: float) -> MemoryStore:
+    store = MemoryStore()
+    store.records[URL] = ServerRecord(
+        server_url=URL,
+        tokens=TokenRecord(
+            access_token=Secret("at-0"),
+            refresh_token=Secret("rt-0"),
+            expires_at=lifetime,
+            issued_lifetime=lifetime,
+            obtained_at=0.0,
+            token_endpoint=TOKEN_ENDPOINT,
+            issuer=ISSUER,
+            resource=URL,
+            client_id="client-1",
+        ),
+        registrations={ISSUER: RegistrationRecord(client_id="client-1")},
+    )
+    return store
+
+
+SERVER = Server(
+    name="s",
+    kind="oauth",
+    url=URL,
+    oauth=OAuthSettings(
+        scopes=None, callback_port=None, client_id=None, client_secret=None, client_metadata_url=None
+    ),
+    allow_insecure_loopback=True,
+)
+
+
+@pytest.fixture
+async def harness() -> AsyncIterator[Callable[[float], tuple[OAuthActor, TokenEndpoint, MemoryStore]]]:
+    async with trio.open_nursery() as nursery:
+
+        def make(lifetime: float) -> tuple[OAuthActor, TokenEndpoint, MemoryStore]:
+            endpoint = TokenEndpoint(int(lifetime))
+            http = httpx.AsyncClient(transport=httpx.MockTransport(endpoint))
+            ctx = OAuthContext(
+                http=http,
+                hub=CallbackHub(nursery),
+                nursery=nursery,
+                clock=trio.current_time,
+                jitter=lambda: 0.0,
+            )
+            nursery.start_soon(ctx.scheduler.run, nursery)
+            store = seeded_store(lifetime)
+            return OAuthActor(SERVER, store, ctx), endpoint, store
+
+        yield make
+        nursery.cancel_scope.cancel()
+
+
+async def test_hours_of_proactive_refreshes_at_exact_deadlines(
+    harness: Callable[[float], tuple[OAuthActor, TokenEndpoint, MemoryStore]],
+    autojump_clock: trio.testing.MockClock,  # pytest-trio runs the test on it only if the test asks
+) -> None:
+    """An hour-long token is refreshed every 2400 s (two thirds of its life), with no request needed."""
+    actor, endpoint, store = harness(3600)
+    await actor.get_token(30)  # loads the grant and plans the first refresh
+    await trio.sleep(5 * 3600)
+    assert endpoint.refresh_times == [2400.0 * k for k in range(1, 8)]
+    assert endpoint.replays == 0
+    record = store.records[URL]
+    assert record.tokens is not None
+    assert record.tokens.refresh_token == Secret(endpoint.current)  # persisted after every rotation
+    assert (await actor.get_token(30)).token == Secret("at-7")
+
+
+async def test_short_token_is_refreshed_once_per_two_thirds_of_its_life(
+    harness: Callable[[float], tuple[OAuthActor, TokenEndpoint, MemoryStore]],
+    autojump_clock: trio.testing.MockClock,  # pytest-trio runs the test on it only if the test asks
+) -> None:
+    """A 3-second token with callers asking every 100 ms: one refresh per 2 s, never one per request."""
+    actor, endpoint, _ = harness(3)
+    for _ in range(300):  # 30 s of requests
+        answer = await actor.get_token(30)
+        assert answer.expires_at is not None
+        assert answer.expires_at - trio.current_time() >= 1.0  # capped min_ttl (1 s) respected
+        await trio.sleep(0.1)
+    assert len(endpoint.refresh_times) == 15
+    assert endpoint.replays == 0
+
+
+async def test_concurrent_callers_share_one_refresh(
+    harness: Callable[[float], tuple[OAuthActor, TokenEndpoint, MemoryStore]],
+    autojump_clock: trio.testing.MockClock,  # pytest-trio runs the test on it only if the test asks
+) -> None:
+    """Fifty callers needing a fresh token at once cause exactly one refresh (T4: never two in flight)."""
+    actor, endpoint, _ = harness(3600)
+    await trio.sleep(3590)
+    tokens: list[Secret] = []
+
+    async def ask() -> None:
+        tokens.append((await actor.get_token(30)).token)
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(50):
+            nursery.start_soon(ask)
+    assert len(endpoint.refresh_times) == 1
+    assert set(tokens) == {Secret("at-1")}
+
+
+async def test_outage_keeps_grant_serves_valid_token_then_as_unreachable_then_recovers(
+    harness: Callable[[float], tuple[OAuthActor, TokenEndpoint, MemoryStore]],
+    autojump_clock: trio.testing.MockClock,  # pytest-trio runs the test on it only if the test asks
+) -> None:
+    """503s keep the grant (T5): the valid token is served, then as_unreachable at once, then recovery."""
+    actor, endpoint, _ = harness(60)
+    await actor.get_token(0)
+    endpoint.fail_next = 10_000
+    await trio.sleep(50)  # the refresh at 40 s failed; Retry-After 7 s is honoured
+    assert endpoint.refresh_times[0] == 40.0
+    assert endpoint.refresh_times[1] == pytest.approx(47.0)
+    assert (await actor.get_token(0)).token == Secret("at-0")  # still valid: served
+    assert actor.status()["state"] == "as_unreachable"
+    await trio.sleep(20)  # now expired
+    start = trio.current_time()
+    with pytest.raises(WireError) as err:
+        await actor.get_token(0)
+    assert err.value.code == "as_unreachable"
+    assert "next try at" in err.value.message
+    assert trio.current_time() == start  # answered at once, no hang
+    endpoint.fail_next = 0
+    await trio.sleep(400)  # backoff caps at 5 minutes
+    assert (await actor.get_token(0)).token.reveal().startswith("at-")
+    assert actor.status()["state"] == "valid"
+    assert endpoint.replays == 0
