@@ -425,7 +425,8 @@ def _parser() -> argparse.ArgumentParser:
         "--config",
         type=Path,
         default=None,
-        help="config file in NCP's mcpServers format (default: $NCP_BROKER_CONFIG or %(default)s)",
+        help="config file in NCP's mcpServers format (default: $NCP_BROKER_CONFIG, else "
+        f"{paths.config_path()})",
     )
     p.add_argument(
         "--socket", type=Path, default=None, help="socket path (default: $NCP_BROKER_SOCK or the runtime dir)"

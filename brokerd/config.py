@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 
@@ -153,19 +153,21 @@ def _check_url(path: Path | None, where: str, url: str, *, allow_insecure_loopba
         host = parts.hostname or ""
         _ = parts.port  # raises on a malformed port
     except ValueError as exc:
-        raise ConfigError(path, where, f"{url!r} is not a valid URL ({exc})") from None
-    if parts.scheme not in ("http", "https") or not host:
-        raise ConfigError(path, where, f"{url!r} is not an http(s) URL")
+        raise ConfigError(path, where, f"not a valid URL ({exc})") from None
     if parts.username or parts.password:
         raise ConfigError(path, where, "credentials inside the URL are not allowed; use the auth block")
+    # Errors show the URL without its query: a key passed as ?key=… must not reach a log line.
+    shown = repr(urlunsplit((parts.scheme, parts.netloc, parts.path, "", "")))
+    if parts.scheme not in ("http", "https") or not host:
+        raise ConfigError(path, where, f"{shown} is not an http(s) URL")
     if parts.scheme == "http":
         if not is_loopback_host(host):
-            raise ConfigError(path, where, f"{url!r} uses plain http; use https")
+            raise ConfigError(path, where, f"{shown} uses plain http; use https")
         if not allow_insecure_loopback:
             raise ConfigError(
                 path,
                 where,
-                f"{url!r} uses plain http; set auth.allowInsecureLoopback to true for a local test server",
+                f"{shown} uses plain http; set auth.allowInsecureLoopback to true for a local test server",
             )
 
 
@@ -243,6 +245,10 @@ def parse(data: bytes, path: Path | None = None) -> Config:
         obj = msgspec.json.decode(data)
     except msgspec.DecodeError as exc:
         raise ConfigError(path, "", f"not valid JSON: {exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(path, "", "not valid UTF-8") from None
+    except RecursionError:
+        raise ConfigError(path, "", "nested too deeply") from None
     top: _TopLevel = _convert(path, "$", obj, _TopLevel)
     servers = {}
     for name, raw_entry in top.mcp_servers.items():

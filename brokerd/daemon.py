@@ -37,6 +37,7 @@ from brokerd.grant import OAuthContext
 from brokerd.oauth_driver import make_http_client
 from brokerd.server import serve
 from brokerd.store import StoreError, open_store
+from brokerd.wire import WireError
 
 __all__ = ["DaemonError", "DaemonOptions", "run"]
 
@@ -170,8 +171,12 @@ async def _watch_signals(broker: Broker, cancel_scope: trio.CancelScope) -> None
         async for signum in signals:
             if signum == signal.SIGHUP:
                 _sd_notify("RELOADING=1")
-                with contextlib.suppress(Exception):
+                try:
                     broker.reload()
+                except WireError:
+                    pass  # already logged by reload, which keeps the running config
+                except Exception:
+                    log.exception("reload failed; keeping the running config")
                 _sd_notify("READY=1")
             else:
                 log.info("received %s; stopping", signal.Signals(signum).name)

@@ -23,15 +23,16 @@ class UnsafePathError(Exception):
 def ensure_private_dir(path: Path) -> Path:
     """Create ``path`` (and parents) if needed; make sure it is ours, a real directory, mode 0700.
 
-    Parents are created with the usual umask; only the leaf is forced to 0700. A leaf that exists with a
-    looser mode but is ours is tightened (we own it, so nobody else can object).
+    Parents are created with the usual umask; the leaf is created 0700. An existing leaf must already be
+    private: it is never chmod-ed, because it may be a directory the user shares for other reasons.
 
     Raises:
-        UnsafePathError: the leaf is a symlink, not a directory, or owned by another user.
+        UnsafePathError: the leaf is a symlink, not a directory, owned by another user, or open to others.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(FileExistsError):
         path.mkdir(mode=0o700)
+        path.chmod(0o700)  # mkdir's mode is filtered by the umask
     st = path.lstat()
     if stat.S_ISLNK(st.st_mode):
         raise UnsafePathError(f"{path} is a symbolic link; refusing to keep private files there")
@@ -42,8 +43,11 @@ def ensure_private_dir(path: Path) -> Path:
             f"{path} belongs to uid {st.st_uid}, not to you (uid {os.getuid()}); remove it or choose "
             "another location"
         )
-    if stat.S_IMODE(st.st_mode) != 0o700:
-        path.chmod(0o700)
+    if stat.S_IMODE(st.st_mode) & 0o077:
+        # Never loosen or tighten a directory we did not create (it may be $HOME): say what to run.
+        raise UnsafePathError(
+            f"{path} is accessible to other users (mode {stat.S_IMODE(st.st_mode):o}); run: chmod 700 {path}"
+        )
     return path
 
 

@@ -98,8 +98,20 @@ def peer_uid(sock: trio.socket.SocketType) -> int | None:
     return None
 
 
+SEND_DEADLINE = 10.0
+MAX_CONNECTIONS = 256
+
+
+class _PeerNotReading(Exception):
+    pass
+
+
 async def _send(stream: trio.abc.SendStream, data: bytes) -> None:
-    await stream.send_all(data)
+    """Send one answer; a client that stops reading is dropped instead of pinning this task."""
+    with trio.move_on_after(SEND_DEADLINE):
+        await stream.send_all(data)
+        return
+    raise _PeerNotReading
 
 
 async def handle_connection(
@@ -141,6 +153,11 @@ async def handle_connection(
                 await _send(stream, await _answer(frame, handler))
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         return  # the client went away; nothing to tell anyone
+    except _PeerNotReading:
+        log.debug("closing a connection whose client stopped reading its answers")
+    except Exception:
+        # Nothing a peer sends may reach the accept loop's nursery: that would stop the daemon.
+        log.exception("internal error on a connection; closing it")
 
 
 async def _answer(frame: bytes, handler: Handler) -> bytes:
@@ -169,20 +186,31 @@ async def serve(
 ) -> None:
     """Accept connections forever, checking each peer's uid: another user gets nothing, not even an error."""
     my_uid = os.getuid()
+    slots = trio.Semaphore(MAX_CONNECTIONS)  # past it, clients wait in the kernel's backlog
     async with trio.open_nursery() as nursery:
         task_status.started()
         while True:
+            await slots.acquire()
             try:
                 stream = await listener.accept()
             except OSError as exc:
+                slots.release()
                 if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS):
-                    log.error("accept failed (%s); pausing 100 ms", os.strerror(exc.errno))
-                    await trio.sleep(0.1)
+                    log.error("accept failed (%s); pausing 1 s", os.strerror(exc.errno))
+                    await trio.sleep(1.0)
                     continue
                 raise
             uid = peer_uid(stream.socket)
             if uid != my_uid:
                 log.warning("refused a connection from uid %s (this daemon serves uid %s)", uid, my_uid)
                 await stream.aclose()
+                slots.release()
                 continue
-            nursery.start_soon(handle_connection, stream, handler)
+            nursery.start_soon(_serve_one, stream, handler, slots)
+
+
+async def _serve_one(stream: trio.SocketStream, handler: Handler, slots: trio.Semaphore) -> None:
+    try:
+        await handle_connection(stream, handler)
+    finally:
+        slots.release()

@@ -171,7 +171,13 @@ Request = (
 
 _decoder: msgspec.json.Decoder[Request] = msgspec.json.Decoder(Request, dec_hook=dec_hook)
 _encoder = msgspec.json.Encoder(enc_hook=enc_hook)
-_id_decoder = msgspec.json.Decoder(dict[str, Any])
+
+
+class _IdOnly(msgspec.Struct):
+    id: int | str | None = None
+
+
+_id_decoder = msgspec.json.Decoder(_IdOnly)
 
 
 def decode_request(frame: bytes) -> Request:
@@ -185,17 +191,17 @@ def decode_request(frame: bytes) -> Request:
         return _decoder.decode(frame)
     except msgspec.ValidationError as exc:
         raise WireError("bad_request", f"invalid request: {exc}", "see docs/protocol.md") from None
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+        # msgspec raises UnicodeDecodeError for invalid UTF-8 inside a string, RecursionError for deep nesting
         raise WireError("bad_request", "invalid request: not a JSON object", "see docs/protocol.md") from None
 
 
 def request_id(frame: bytes) -> int | str | None:
     """The ``id`` of a frame that failed to decode, if it has a usable one, so the error can carry it."""
     try:
-        value = _id_decoder.decode(frame).get("id")
-    except (msgspec.DecodeError, msgspec.ValidationError):
+        return _id_decoder.decode(frame).id
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError, RecursionError):
         return None
-    return value if isinstance(value, int | str) and not isinstance(value, bool) else None
 
 
 def encode_result(req_id: int | str | None, result: Any) -> bytes:

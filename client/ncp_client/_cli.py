@@ -114,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if opts["min_ttl"] is not None:
             request["min_ttl"] = opts["min_ttl"]
         result = call(request, timeout=timeout)
-        token = result["token"] if isinstance(result, dict) else None
+        token = result.get("token") if isinstance(result, dict) else None
         if not isinstance(token, str) or not token or any(c in token for c in "\r\n"):
             sys.stderr.write("ncp-token: the daemon's answer has no usable token\n")
             return 7

@@ -74,8 +74,12 @@ def call(
             raise ProtocolError(
                 "timeout", f"ncp-broker did not accept a connection on {path} within {timeout:g} s"
             ) from None
-        except OSError as exc:
-            raise not_running(path, exc.strerror or str(exc)) from None
+        except OSError as exc:  # EAGAIN (backlog full: busy, not gone), EACCES, ...
+            raise ProtocolError(
+                "connect_failed",
+                f"cannot connect to ncp-broker on {path}: {exc.strerror or exc}",
+                "see `ncp-broker status`",
+            ) from None
         try:
             sock.sendall(encode(request))
             line = _read_line(sock, deadline)

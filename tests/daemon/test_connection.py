@@ -90,6 +90,13 @@ async def test_frame_split_across_writes_is_reassembled() -> None:
         (b'{"op":"get_token","server":"x","extra":1}', "unknown field `extra`"),
         (b'{"op":"get_token","server":7}', "Expected `str`"),
         (b"\xff\xfe{}", "not a JSON object"),
+        (b'{"op":"get_token","server":"\xff"}', "not a JSON object"),  # bad UTF-8 inside a string
+        pytest.param(
+            b'{"op":"hello","x":' + b"[" * 30000 + b"]" * 30000 + b"}",
+            "unknown field `x`",
+            id="deep-nesting-field",
+        ),
+        pytest.param(b'{"id":' + b"[" * 60000, "not a JSON object", id="deep-nesting-id"),
     ],
 )
 async def test_malformed_frame_gets_bad_request_and_connection_survives(frame: bytes, needle: str) -> None:
@@ -204,3 +211,14 @@ async def test_client_vanishing_mid_answer_ends_only_that_connection() -> None:
         await client.send_all(b'{"op":"hello"}\n')
         await client.aclose()
     # the nursery exits: the handler returned instead of raising
+
+
+async def test_client_that_never_reads_is_dropped(autojump_clock: trio.testing.MockClock) -> None:
+    """A client that sends requests but never reads its answers is cut off after the send deadline."""
+    client, server = trio.testing.lockstep_stream_pair()  # send_all blocks until the peer reads
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(lambda: handle_connection(server, echo_handler, idle_timeout=10_000))
+        await client.send_all(b'{"op":"hello"}\n')
+        start = trio.current_time()
+    # the nursery exits: the handler gave up on the unread answer instead of waiting forever
+    assert trio.current_time() - start == pytest.approx(10)

@@ -87,16 +87,15 @@ def test_socket_and_directory_modes(env: Env, daemon: Daemon) -> None:
     assert stat.S_IMODE(env.socket.stat().st_mode) == 0o600
 
 
-def test_loose_socket_directory_is_tightened(env: Env) -> None:
-    """An existing socket directory of ours with a loose mode is set to 0700."""
+def test_loose_socket_directory_is_refused_not_chmodded(env: Env) -> None:
+    """An existing socket directory open to others is refused with the chmod to run, and left alone."""
     env.write_config({})
     env.socket.parent.mkdir(mode=0o755)
     env.socket.parent.chmod(0o755)
     d = start_daemon(env)
-    try:
-        assert stat.S_IMODE(env.socket.parent.stat().st_mode) == 0o700
-    finally:
-        d.stop()
+    assert d.proc.wait(10) == 1
+    assert f"run: chmod 700 {env.socket.parent}" in d.log_text()
+    assert stat.S_IMODE(env.socket.parent.stat().st_mode) == 0o755
 
 
 def test_symlinked_socket_directory_is_refused(env: Env, tmp_path: Path) -> None:

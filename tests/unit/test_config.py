@@ -162,6 +162,8 @@ BAD: list[tuple[str, Any, str, str]] = [
         "https URL with a path",
     ),
     ("store choice", {"store": "vault"}, "$.store", "Invalid enum value"),
+    ("bad utf-8 in a string", b'{"mcpServers": {"\xff": {}}}', "", "not valid UTF-8"),
+    ("deep nesting", b'{"x":' + b"[" * 50000 + b"]" * 50000 + b"}", "", "nested too deeply"),
     ("control char name", {"mcpServers": {"a\nb": {"url": "https://x/"}}}, "$.mcpServers[", "server names"),
 ]
 

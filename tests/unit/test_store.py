@@ -28,6 +28,7 @@ from keyring.backends import chainer, fail
 from keyring.errors import PasswordDeleteError
 from keyrings.alt.file import PlaintextKeyring
 
+from brokerd.fsutil import UnsafePathError
 from brokerd.secret import Secret
 from brokerd.store import (
     KEYRING_SERVICE,
@@ -398,13 +399,14 @@ async def test_modes_are_private_whatever_the_umask(backend: Backend, tmp_path: 
     assert set(modes.values()) == {0o600}
 
 
-def test_existing_loose_directory_is_tightened(backend: Backend, tmp_path: Path) -> None:
-    """Opening the store on an existing 0755 directory makes it 0700."""
+def test_existing_loose_directory_is_refused(backend: Backend, tmp_path: Path) -> None:
+    """An existing data directory open to others is refused with the chmod to run, and left as it is."""
     data_dir = tmp_path / "loose"
     data_dir.mkdir(mode=0o755)
     data_dir.chmod(0o755)
-    backend.open(data_dir)
-    assert stat.S_IMODE(data_dir.stat().st_mode) == 0o700
+    with pytest.raises(UnsafePathError, match="chmod 700"):
+        backend.open(data_dir)
+    assert stat.S_IMODE(data_dir.stat().st_mode) == 0o755
 
 
 async def test_access_key_shortcuts_keep_the_rest(store: Store) -> None:
