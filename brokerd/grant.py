@@ -227,6 +227,7 @@ class OAuthActor:
         self._retry_at: float | None = None
         self._planned_at: float | None = None
         self._closed = False
+        self._last_login_error: WireError | None = None
 
     def accepts(self, server: Server) -> bool:
         return server == self.server
@@ -478,6 +479,8 @@ class OAuthActor:
             await login.done.wait()
             if login.error is not None:
                 raise login.error
+        elif self._tokens is None and self._last_login_error is not None:
+            raise self._last_login_error  # the login ended before this caller started waiting
         return await self.get_token(0)
 
     async def login_complete(self, response: str) -> TokenAnswer:
@@ -495,11 +498,12 @@ class OAuthActor:
                 self._last_refresh = self._ctx.clock()
                 self._last_error = None
                 self._failures, self._retry_at = 0, None
+                self._last_login_error = None
                 await self._save()
                 self._plan()
                 log.info("%s: logged in", self.server.name)
         except oauth.OAuthError as exc:
-            login.error = WireError(
+            login.error = self._last_login_error = WireError(
                 "needs_login",
                 f"{self.server.name}: login failed: {exc.message}",
                 exc.hint or f"ncp-broker login {self.server.name}",
@@ -522,7 +526,9 @@ class OAuthActor:
                 "POST",
                 self._url,
                 (("content-type", "application/json"), ("accept", "application/json, text/event-stream")),
-                json.dumps({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {}}).encode(),
+                # tools/list, not initialize: some servers let initialize through without a token, and the
+                # 401's challenge (its scope, its resource_metadata) is what discovery should start from.
+                json.dumps({"jsonrpc": "2.0", "id": 0, "method": "tools/list", "params": {}}).encode(),
             ),
             clock=ctx.clock,
         )

@@ -27,7 +27,7 @@ from ncp_client._paths import default_socket_path
 from ncp_client._protocol import DEFAULT_TIMEOUT, call
 
 if TYPE_CHECKING:
-    from ncp_client._auth import BrokerAuth
+    from ncp_client._auth import BrokerAuth, broker_auth_for_httpx2
 
 __all__ = [
     "AuthServerUnreachable",
@@ -41,6 +41,7 @@ __all__ = [
     "acall",
     "aget_token",
     "atoken_rejected",
+    "broker_auth_for_httpx2",
     "call",
     "default_socket_path",
     "get_token",
@@ -110,8 +111,8 @@ async def atoken_rejected(
 
 
 def __getattr__(name: str) -> Any:
-    if name == "BrokerAuth":  # imports httpx, so only on first use
-        from ncp_client._auth import BrokerAuth
+    if name in ("BrokerAuth", "broker_auth_for_httpx2"):  # imports httpx, so only on first use
+        from ncp_client import _auth
 
-        return BrokerAuth
+        return getattr(_auth, name)
     raise AttributeError(f"module 'ncp_client' has no attribute {name!r}")

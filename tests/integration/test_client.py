@@ -190,3 +190,17 @@ def test_broker_auth_retries_once_with_a_newer_token(
     assert retry.headers["Authorization"] == "Bearer fresh-key"
     with pytest.raises(StopIteration):
         flow.send(httpx.Response(200, request=retry))
+
+
+async def test_broker_auth_for_httpx2_used_by_the_mcp_sdk(
+    served: Env, resource: tuple[str, type[_Resource]]
+) -> None:
+    """The MCP Python SDK 2.x sends through httpx2: the same auth works there (T1: header only)."""
+    import httpx2
+
+    url, handler = resource
+    auth = ncp_client.broker_auth_for_httpx2("neus", socket_path=served.socket)
+    async with httpx2.AsyncClient(auth=auth) as client:
+        response = await client.post(url, content=b"{}")
+    assert response.status_code == 200
+    assert handler.seen == [f"Bearer {KEY}"]
