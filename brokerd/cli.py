@@ -325,12 +325,16 @@ LOGIN_WAIT = 330.0  # the daemon gives up on a login after 5 minutes; wait a lit
 
 
 def cmd_login(args: argparse.Namespace) -> int:
-    mode = "paste" if args.no_browser else "browser"
+    mode = "device" if args.device else "paste" if args.no_browser else "browser"
     started = _call(args, {"op": "login", "server": args.name, "mode": mode}, timeout=90)
     url = str(started["url"])
     if started.get("joined"):
         print(f"a login for {args.name} is already in progress; joining it")
-    if mode == "browser":
+    if mode == "device":
+        print(f"on any device, open:\n\n  {url}\n\nand enter the code:  {started.get('user_code')}\n")
+        print("waiting for you to approve…")
+        result = _call(args, {"op": "login_wait", "server": args.name}, timeout=LOGIN_WAIT)
+    elif mode == "browser":
         if _open_browser(url):
             print(f"opened your browser to log in to {args.name}; if nothing appeared, open:\n\n  {url}\n")
         else:
@@ -477,10 +481,14 @@ def _parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("login", help="log in to an OAuth server (opens the browser)")
     s.add_argument("name")
-    s.add_argument(
+    how = s.add_mutually_exclusive_group()
+    how.add_argument(
         "--no-browser",
         action="store_true",
         help="print the URL and read the code or redirect URL pasted back",
+    )
+    how.add_argument(
+        "--device", action="store_true", help="device code (RFC 8628): approve on any device with a browser"
     )
     s.set_defaults(func=cmd_login)
 

@@ -108,9 +108,10 @@ class _Outcome:
 
 @dataclass
 class _Login(_Outcome):
-    mode: Literal["browser", "paste"] = "browser"
+    mode: Literal["browser", "paste", "device"] = "browser"
     started_at: float = 0.0
     url: str | None = None
+    user_code: str | None = None
     url_known: trio.Event = field(default_factory=trio.Event)
     pasted: trio.MemorySendChannel[str] | None = None
 
@@ -457,7 +458,7 @@ class OAuthActor:
 
     # ---- login ------------------------------------------------------------------------------------
 
-    async def login(self, mode: Literal["browser", "paste"]) -> dict[str, Any]:
+    async def login(self, mode: Literal["browser", "paste", "device"]) -> dict[str, Any]:
         """Start a login (or join the pending one) and return its authorization URL."""
         await self._load()
         joined = self._login is not None
@@ -471,7 +472,12 @@ class OAuthActor:
             raise login.error
         if login.url is None:
             raise WireError("as_unreachable", f"{self.server.name}: the login did not start within 60 s")
-        return {"url": login.url, "joined": joined, "started_at": login.started_at}
+        return {
+            "url": login.url,
+            "user_code": login.user_code,
+            "joined": joined,
+            "started_at": login.started_at,
+        }
 
     async def login_wait(self) -> TokenAnswer:
         login = self._login
@@ -542,8 +548,7 @@ class OAuthActor:
             on_device_code=_no_device_code,
             clock=ctx.clock,
         )
-        configured = self._settings.scopes
-        scopes = oauth.select_scopes(discovery, configured)
+        scopes = oauth.select_scopes(discovery, self._settings.scopes)
         registration = self._registrations.get(discovery.issuer)
         if registration is None or registration.source == "preregistered":
             registration = await drive(
@@ -564,6 +569,26 @@ class OAuthActor:
             )
             self._registrations[discovery.issuer] = registration
             await self._save()
+
+        if login.mode == "device":
+            if discovery.device_authorization_endpoint is None:
+                raise oauth.PolicyError(
+                    f"{discovery.issuer} does not offer the device authorization grant",
+                    hint=f"log in with the browser: ncp-broker login {self.server.name}",
+                )
+
+            async def on_device_code(effect: oauth.ShowDeviceCode) -> None:
+                login.url = effect.verification_uri_complete or effect.verification_uri
+                login.user_code = effect.user_code
+                login.url_known.set()
+
+            return await drive(
+                oauth.device_flow(discovery, registration, policy=self._policy, scopes=scopes),
+                http=ctx.http,
+                on_redirect=_no_redirect,
+                on_device_code=on_device_code,
+                clock=ctx.clock,
+            )
 
         async def on_redirect(effect: oauth.AwaitRedirect) -> Mapping[str, str]:
             send_pasted, receive_pasted = trio.open_memory_channel[str](1)

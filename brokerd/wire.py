@@ -128,7 +128,7 @@ class Login(_Base, tag="login"):
     """Start a login (or join the pending one); answers with the authorization URL to open."""
 
     server: str
-    mode: Literal["browser", "paste"] = "browser"
+    mode: Literal["browser", "paste", "device"] = "browser"
 
 
 class LoginWait(_Base, tag="login_wait"):

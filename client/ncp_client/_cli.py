@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
-from ncp_client._errors import BrokerError, UnknownServer
+from ncp_client._errors import BrokerError, NeedsLogin, UnknownServer
 from ncp_client._protocol import DEFAULT_TIMEOUT, call
 
 __all__ = ["main"]
@@ -29,7 +29,9 @@ Print a fresh access token for SERVER (a name from the ncp-broker config).
   --min-ttl S       the token must stay valid for at least S seconds (default: the daemon's, 30)
   --timeout S       give up after S seconds (default 5)
 
-The socket is $NCP_BROKER_SOCK, else the daemon's default. Exit status: 0 ok, 2 usage, 3 broker not
+Run from a terminal, a server that needs a login is logged in to first (the browser opens); from a
+script, that is exit status 5 with the command to run. The socket is $NCP_BROKER_SOCK, else the daemon's
+default. Exit status: 0 ok, 2 usage, 3 broker not
 running, 4 unknown server, 5 needs login, 6 authorization server unreachable, 7 protocol error,
 1 other refusal.
 """
@@ -98,6 +100,37 @@ def _server_from_env(timeout: float) -> str:
     )
 
 
+LOGIN_WAIT = 330.0
+
+
+def _can_log_in_here(exc: NeedsLogin, server: str) -> bool:
+    """First use from a terminal logs in (or joins the pending login), as NCP does on first connection;
+    scripts get the error."""
+    return (
+        exc.code in ("needs_login", "login_in_progress")
+        and f"ncp-broker login {server}" in exc.hint
+        and sys.stdin.isatty()
+    )
+
+
+def _interactive_login(server: str) -> object:
+    sys.stderr.write(f"ncp-token: {server} needs a login; starting it\n")
+    started = call({"op": "login", "server": server, "mode": "browser"}, timeout=90)
+    url = str(started.get("url", "")) if isinstance(started, dict) else ""
+    joined = isinstance(started, dict) and started.get("joined") is True
+    opened = False
+    if url.startswith(("https://", "http://")) and not joined:  # one browser tab, however many callers
+        import webbrowser
+
+        try:
+            opened = webbrowser.open(url)
+        except webbrowser.Error:
+            opened = False
+    verb = "opened your browser at" if opened else "log in with this URL in a browser:"
+    sys.stderr.write(f"ncp-token: {verb}\n\n  {url}\n\n")
+    return call({"op": "login_wait", "server": server}, timeout=LOGIN_WAIT)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         opts = _parse(sys.argv[1:] if argv is None else argv)
@@ -113,7 +146,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         request: dict[str, object] = {"op": "get_token", "server": server}
         if opts["min_ttl"] is not None:
             request["min_ttl"] = opts["min_ttl"]
-        result = call(request, timeout=timeout)
+        try:
+            result = call(request, timeout=timeout)
+        except NeedsLogin as exc:
+            if not _can_log_in_here(exc, server):
+                raise
+            result = _interactive_login(server)
         token = result.get("token") if isinstance(result, dict) else None
         if not isinstance(token, str) or not token or any(c in token for c in "\r\n"):
             sys.stderr.write("ncp-token: the daemon's answer has no usable token\n")

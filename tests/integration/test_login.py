@@ -7,6 +7,8 @@ browser is opened with `webbrowser`, never a shell).
 from __future__ import annotations
 
 import json
+import os
+import pty
 import signal
 import subprocess
 import sys
@@ -202,3 +204,79 @@ def test_logout_with_unreachable_server_still_forgets(
     assert out.returncode == 0, out.stderr
     assert "unreachable" in out.stdout
     assert env.run("ncp-token", "srv").returncode == 5
+
+
+def test_device_code_login(
+    env: Env,
+    oidc_server: OidcServerFactory,
+    mcp_server: McpServerFactory,
+    browser_env: BrowserEnvFactory,
+    daemon: Daemon,
+) -> None:
+    """`login --device` (RFC 8628, A8): the code is shown, approved on another device, and polled."""
+    oidc = oidc_server(device_poll_interval=1)
+    mcp = mcp_server(oidc)
+    configure(env, mcp)
+    env.run("ncp-broker", "reload")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "brokerd", "login", "srv", "--device"],
+        env=env.vars,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        url = ""
+        deadline = time.monotonic() + 30
+        while not url.startswith("http"):
+            assert time.monotonic() < deadline
+            url = proc.stdout.readline().strip()
+        browser = browser_env()
+        subprocess.run([browser.command, url], env={**env.vars, **browser}, check=True, timeout=30)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err + daemon.log_text()
+    assert "Authorized srv" in out
+    token = env.run("ncp-token", "srv").stdout.strip()
+    assert "echo" in tools_list(mcp.url, token)
+    assert oidc.stats()["token_requests"]["device_code"] >= 1
+
+
+def test_first_use_from_terminals_logs_in_once(
+    env: Env, servers: tuple[OidcServer, McpServer], browser_env: BrowserEnvFactory, daemon: Daemon
+) -> None:
+    """Two `ncp-token` at once on terminals with no grant: one login for both; without a terminal, exit 5."""
+    oidc, mcp = servers
+    configure(env, mcp)
+    env.run("ncp-broker", "reload")
+    assert env.run("ncp-token", "srv").returncode == 5  # stdin is not a terminal: no login attempt
+    browser = dict(browser_env())
+    terminals = [pty.openpty() for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "ncp_client._cli", "srv"],
+            env={**env.vars, **browser},
+            stdin=slave,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _, slave in terminals
+    ]
+    for _, slave in terminals:
+        os.close(slave)
+    try:
+        outputs = [p.communicate(timeout=120) for p in procs]
+    finally:
+        for master, _ in terminals:
+            os.close(master)
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    tokens = {out.strip() for out, _ in outputs}
+    assert len(tokens) == 1
+    assert "echo" in tools_list(mcp.url, tokens.pop())
+    assert oidc.stats()["token_requests"]["authorization_code"] == 1
