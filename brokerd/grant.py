@@ -27,9 +27,9 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import httpx
 import trio
@@ -47,6 +47,8 @@ from brokerd.wire import WireError
 __all__ = ["OAuthActor", "OAuthContext", "Scheduler"]
 
 log = logging.getLogger("brokerd.grant")
+
+_T = TypeVar("_T")
 
 LOGIN_TIMEOUT = 300.0
 
@@ -323,6 +325,21 @@ class OAuthActor:
         else:
             self._unsaved = False
 
+    async def _drive(
+        self,
+        flow: oauth.Flow[_T],
+        *,
+        on_redirect: Callable[[oauth.AwaitRedirect], Awaitable[Mapping[str, str]]] = _no_redirect,
+        on_device_code: Callable[[oauth.ShowDeviceCode], Awaitable[None]] = _no_device_code,
+    ) -> _T:
+        return await drive(
+            flow,
+            http=self._ctx.http,
+            on_redirect=on_redirect,
+            on_device_code=on_device_code,
+            clock=self._ctx.clock,
+        )
+
     # ---- tokens -----------------------------------------------------------------------------------
 
     async def get_token(self, min_ttl: float) -> TokenAnswer:
@@ -375,12 +392,8 @@ class OAuthActor:
             registration = self._registrations.get(tokens.issuer)
             if registration is None:
                 raise oauth.GrantEndedError("the client registration for this grant is gone", error="")
-            new = await drive(
+            new = await self._drive(
                 oauth.refresh(tokens, registration, policy=self._policy),
-                http=self._ctx.http,
-                on_redirect=_no_redirect,
-                on_device_code=_no_device_code,
-                clock=self._ctx.clock,
             )
             if self._closed:
                 log.warning("%s: a refresh finished after a reload replaced this server", self.server.name)
@@ -433,12 +446,8 @@ class OAuthActor:
             registration = self._registrations.get(tokens.issuer)
             if registration is not None:
                 try:
-                    outcomes = await drive(
+                    outcomes = await self._drive(
                         oauth.revoke(tokens, registration, policy=self._policy),
-                        http=self._ctx.http,
-                        on_redirect=_no_redirect,
-                        on_device_code=_no_device_code,
-                        clock=self._ctx.clock,
                     )
                 except oauth.OAuthError as exc:
                     revoked.append({"token": "all", "outcome": "refused", "detail": exc.message})
@@ -541,17 +550,13 @@ class OAuthActor:
         challenge = None
         if isinstance(probe, oauth.HttpResponse):
             challenge = oauth.bearer_challenge(probe.header_values("www-authenticate"))
-        discovery = await drive(
+        discovery = await self._drive(
             oauth.discover(self._url, policy=self._policy, challenge=challenge),
-            http=ctx.http,
-            on_redirect=_no_redirect,
-            on_device_code=_no_device_code,
-            clock=ctx.clock,
         )
         scopes = oauth.select_scopes(discovery, self._settings.scopes)
         registration = self._registrations.get(discovery.issuer)
         if registration is None or registration.source == "preregistered":
-            registration = await drive(
+            registration = await self._drive(
                 oauth.register(
                     discovery,
                     policy=self._policy,
@@ -562,10 +567,6 @@ class OAuthActor:
                     client_metadata_url=self._settings.client_metadata_url,
                     scopes=scopes,
                 ),
-                http=ctx.http,
-                on_redirect=_no_redirect,
-                on_device_code=_no_device_code,
-                clock=ctx.clock,
             )
             self._registrations[discovery.issuer] = registration
             await self._save()
@@ -582,12 +583,9 @@ class OAuthActor:
                 login.user_code = effect.user_code
                 login.url_known.set()
 
-            return await drive(
+            return await self._drive(
                 oauth.device_flow(discovery, registration, policy=self._policy, scopes=scopes),
-                http=ctx.http,
-                on_redirect=_no_redirect,
                 on_device_code=on_device_code,
-                clock=ctx.clock,
             )
 
         async def on_redirect(effect: oauth.AwaitRedirect) -> Mapping[str, str]:
@@ -613,7 +611,7 @@ class OAuthActor:
                 nursery.start_soon(from_paste)
             return result["query"]
 
-        return await drive(
+        return await self._drive(
             oauth.authorization_code_flow(
                 discovery,
                 registration,
@@ -622,10 +620,7 @@ class OAuthActor:
                 scopes=scopes,
                 entropy=ctx.entropy,
             ),
-            http=ctx.http,
             on_redirect=on_redirect,
-            on_device_code=_no_device_code,
-            clock=ctx.clock,
         )
 
     # ---- status -----------------------------------------------------------------------------------
