@@ -23,6 +23,7 @@ import os
 import signal
 import socket as stdlib_socket
 import stat
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,7 +70,7 @@ def _instance_lock(sock: Path) -> Iterator[IO[str]]:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            pid = handle.read().strip() or "unknown"
+            pid = _holder_pid(handle)
             raise AlreadyRunning(
                 f"ncp-broker is already running (pid {pid}) on {sock}; use it, or stop it with: "
                 "ncp-broker stop"
@@ -81,6 +82,16 @@ def _instance_lock(sock: Path) -> Iterator[IO[str]]:
         yield handle
     finally:
         handle.close()  # closing releases the flock
+
+
+def _holder_pid(handle: IO[str]) -> str:
+    """The pid the lock holder wrote; it may have taken the lock a moment before writing, so look twice."""
+    for _ in range(20):
+        handle.seek(0)
+        if pid := handle.read().strip():
+            return pid
+        time.sleep(0.05)
+    return "unknown"
 
 
 def _remove_stale_socket(sock: Path) -> None:
