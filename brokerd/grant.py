@@ -378,7 +378,7 @@ class OAuthActor:
         if self._tokens is not seen and self._refresh is None:
             return
         if seen.refresh_token is None:
-            raise self._needs_login("the token expired and the server gave no refresh token")
+            raise self._needs_login("the token needs renewing and the server issued no refresh token")
         if self._refresh is None:
             self._refresh = _Outcome()
             self._ctx.nursery.start_soon(self._run_refresh, seen, self._refresh)
