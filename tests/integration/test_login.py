@@ -39,6 +39,24 @@ def configure(env: Env, mcp: McpServer, name: str = "srv") -> None:
     )
 
 
+def spawn(
+    env: Env,
+    module: str,
+    *args: str,
+    extra_env: dict[str, str] | None = None,
+    stdin: int = subprocess.DEVNULL,
+) -> subprocess.Popen[str]:
+    """Start `python -m module args…` in the test's environment, capturing its output as text."""
+    return subprocess.Popen(
+        [sys.executable, "-m", module, *args],
+        env={**env.vars, **(extra_env or {})},
+        stdin=stdin,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def tools_list(url: str, token: str) -> list[str]:
     with httpx.Client(timeout=10) as http:
         session = McpSession(http, url, token)
@@ -117,17 +135,7 @@ def test_concurrent_logins_share_one_authorization(
     configure(env, mcp)
     env.run("ncp-broker", "reload")
     browser = dict(browser_env())
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "brokerd", "login", "srv"],
-            env={**env.vars, **browser},
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(2)
-    ]
+    procs = [spawn(env, "brokerd", "login", "srv", extra_env=browser) for _ in range(2)]
     outputs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
     assert any("already in progress" in out for out, _ in outputs)
@@ -141,14 +149,7 @@ def test_sigterm_during_login_stops_cleanly(
     _, mcp = servers
     configure(env, mcp)
     env.run("ncp-broker", "reload")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "brokerd", "login", "srv", "--no-browser"],
-        env=env.vars,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = spawn(env, "brokerd", "login", "srv", "--no-browser", stdin=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 30
         while "login_pending" not in env.run("ncp-broker", "status", "--json").stdout:
@@ -218,14 +219,7 @@ def test_device_code_login(
     mcp = mcp_server(oidc)
     configure(env, mcp)
     env.run("ncp-broker", "reload")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "brokerd", "login", "srv", "--device"],
-        env=env.vars,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = spawn(env, "brokerd", "login", "srv", "--device")
     try:
         assert proc.stdout is not None
         url = ""
@@ -257,17 +251,7 @@ def test_first_use_from_terminals_logs_in_once(
     assert env.run("ncp-token", "srv").returncode == 5  # stdin is not a terminal: no login attempt
     browser = dict(browser_env())
     terminals = [pty.openpty() for _ in range(2)]
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "ncp_client._cli", "srv"],
-            env={**env.vars, **browser},
-            stdin=slave,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _, slave in terminals
-    ]
+    procs = [spawn(env, "ncp_client._cli", "srv", extra_env=browser, stdin=slave) for _, slave in terminals]
     for _, slave in terminals:
         os.close(slave)
     try:
