@@ -39,6 +39,19 @@ def configure(env: Env, mcp: McpServer, name: str = "srv") -> None:
     )
 
 
+def serve(env: Env, mcp: McpServer) -> None:
+    """Configure the MCP server and make the running daemon load it."""
+    configure(env, mcp)
+    reload = env.run("ncp-broker", "reload")
+    assert reload.returncode == 0, reload.stderr
+
+
+def log_in(env: Env, browser_env: BrowserEnvFactory) -> None:
+    """`ncp-broker login srv` with the HTTP browser driver approving."""
+    login = env.run("ncp-broker", "login", "srv", extra_env=dict(browser_env()), timeout=120)
+    assert login.returncode == 0, login.stderr
+
+
 def spawn(
     env: Env,
     module: str,
@@ -119,8 +132,7 @@ def test_denied_consent_is_reported_plainly(
 ) -> None:
     """A refused consent ends the login with access_denied in plain words and no token (A4/A5 path)."""
     _, mcp = servers
-    configure(env, mcp)
-    env.run("ncp-broker", "reload")
+    serve(env, mcp)
     login = env.run("ncp-broker", "login", "srv", extra_env=dict(browser_env(action="deny")), timeout=120)
     assert login.returncode == 5
     assert "access_denied" in login.stderr or "denied" in login.stderr
@@ -132,8 +144,7 @@ def test_concurrent_logins_share_one_authorization(
 ) -> None:
     """Two `login` commands at once produce one authorization at the server; both succeed."""
     oidc, mcp = servers
-    configure(env, mcp)
-    env.run("ncp-broker", "reload")
+    serve(env, mcp)
     browser = dict(browser_env())
     procs = [spawn(env, "brokerd", "login", "srv", extra_env=browser) for _ in range(2)]
     outputs = [p.communicate(timeout=120) for p in procs]
@@ -147,8 +158,7 @@ def test_sigterm_during_login_stops_cleanly(
 ) -> None:
     """A daemon stopped while a login waits for the browser exits 0 and frees the callback port."""
     _, mcp = servers
-    configure(env, mcp)
-    env.run("ncp-broker", "reload")
+    serve(env, mcp)
     proc = spawn(env, "brokerd", "login", "srv", "--no-browser", stdin=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 30
@@ -167,9 +177,8 @@ def test_logout_revokes_at_the_server_and_forgets_locally(
 ) -> None:
     """`logout` revokes the refresh token (RFC 7009, T6): the server ends the grant; local tokens are gone."""
     oidc, mcp = servers
-    configure(env, mcp)
-    env.run("ncp-broker", "reload")
-    assert env.run("ncp-broker", "login", "srv", extra_env=dict(browser_env()), timeout=120).returncode == 0
+    serve(env, mcp)
+    log_in(env, browser_env)
     stored = next(env.data.glob("*.json")).read_text()
     refresh_token = json.loads(stored)["tokens"]["refresh_token"]
     out = env.run("ncp-broker", "logout", "srv")
@@ -190,6 +199,7 @@ def test_logout_revokes_at_the_server_and_forgets_locally(
     )
     assert answer.status_code == 400
     assert answer.json()["error"] == "invalid_grant"
+    assert oidc.stats()["grants_revoked"] >= 1  # revoked by the logout, not refused for another reason
 
 
 def test_logout_with_unreachable_server_still_forgets(
@@ -197,9 +207,8 @@ def test_logout_with_unreachable_server_still_forgets(
 ) -> None:
     """With the revocation endpoint unreachable, logout says so and the local tokens are deleted anyway."""
     oidc, mcp = servers
-    configure(env, mcp)
-    env.run("ncp-broker", "reload")
-    assert env.run("ncp-broker", "login", "srv", extra_env=dict(browser_env()), timeout=120).returncode == 0
+    serve(env, mcp)
+    log_in(env, browser_env)
     oidc.stop()
     out = env.run("ncp-broker", "logout", "srv")
     assert out.returncode == 0, out.stderr
@@ -217,8 +226,7 @@ def test_device_code_login(
     """`login --device` (RFC 8628, A8): the code is shown, approved on another device, and polled."""
     oidc = oidc_server(device_poll_interval=1)
     mcp = mcp_server(oidc)
-    configure(env, mcp)
-    env.run("ncp-broker", "reload")
+    serve(env, mcp)
     proc = spawn(env, "brokerd", "login", "srv", "--device")
     try:
         assert proc.stdout is not None
@@ -246,8 +254,7 @@ def test_first_use_from_terminals_logs_in_once(
 ) -> None:
     """Two `ncp-token` at once on terminals with no grant: one login for both; without a terminal, exit 5."""
     oidc, mcp = servers
-    configure(env, mcp)
-    env.run("ncp-broker", "reload")
+    serve(env, mcp)
     assert env.run("ncp-token", "srv").returncode == 5  # stdin is not a terminal: no login attempt
     browser = dict(browser_env())
     terminals = [pty.openpty() for _ in range(2)]
