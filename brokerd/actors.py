@@ -64,7 +64,7 @@ class Actor(Protocol):
 
     async def get_token(self, min_ttl: float) -> TokenAnswer: ...
 
-    async def token_rejected(self, token: Secret) -> TokenAnswer: ...
+    async def token_rejected(self, token: Secret, www_authenticate: str | None = None) -> TokenAnswer: ...
 
     def status(self) -> dict[str, Any]: ...
 
@@ -116,7 +116,7 @@ class BearerActor:
         self._key = self.server.access_key
         return {"had_grant": had, "revocation": [], "saved": True}
 
-    async def token_rejected(self, token: Secret) -> TokenAnswer:
+    async def token_rejected(self, token: Secret, www_authenticate: str | None = None) -> TokenAnswer:
         answer = await self.get_token(0)
         if token == answer.token:
             self._rejected_at = time.time()
@@ -151,7 +151,7 @@ class _RefusingActor:
     async def get_token(self, min_ttl: float) -> TokenAnswer:
         raise self._error()
 
-    async def token_rejected(self, token: Secret) -> TokenAnswer:
+    async def token_rejected(self, token: Secret, www_authenticate: str | None = None) -> TokenAnswer:
         raise self._error()
 
     def status(self) -> dict[str, Any]:

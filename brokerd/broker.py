@@ -118,8 +118,11 @@ class Broker:
                 ttl = wire.DEFAULT_MIN_TTL if min_ttl is None else max(0.0, min_ttl)
                 answer = await self._actor(name).get_token(ttl)
                 return answer.as_result(self.clock())
-            case wire.TokenRejected(server=name, token=token):
-                answer = await self._actor(name).token_rejected(token)
+            case wire.TokenRejected(server=name, token=token, www_authenticate=header):
+                answer = await self._actor(name).token_rejected(token, header)
+                return answer.as_result(self.clock())
+            case wire.ScopeInsufficient(server=name, token=token, scopes=scopes, www_authenticate=header):
+                answer = await self._oauth_actor(name).scope_insufficient(token, scopes, header)
                 return answer.as_result(self.clock())
             case wire.Hello(protocol=protocol):
                 if protocol != wire.PROTOCOL_VERSION:
@@ -146,8 +149,8 @@ class Broker:
                     )
                 await actor.set_key(key)
                 return {"stored": True}
-            case wire.Login(server=name, mode=mode):
-                return await self._oauth_actor(name).login(mode)
+            case wire.Login(server=name, mode=mode, open_browser=open_browser):
+                return await self._oauth_actor(name).login(mode, open_browser=open_browser)
             case wire.LoginWait(server=name):
                 answer = await self._oauth_actor(name).login_wait()
                 return answer.as_result(self.clock())

@@ -36,7 +36,8 @@ import trio
 
 from brokerd import oauth
 from brokerd.actors import TokenAnswer
-from brokerd.callback import CallbackHub, CallbackListener
+from brokerd.browser import open_browser as open_browser_
+from brokerd.callback import LOGIN_TIMEOUT, CallbackHub, CallbackListener
 from brokerd.config import Server
 from brokerd.oauth_driver import drive, send
 from brokerd.schedule import Schedule, backoff_delay, is_usable, refresh_at
@@ -49,8 +50,6 @@ __all__ = ["OAuthActor", "OAuthContext", "Scheduler"]
 log = logging.getLogger("brokerd.grant")
 
 _T = TypeVar("_T")
-
-LOGIN_TIMEOUT = 300.0
 
 
 class Scheduler:
@@ -116,6 +115,7 @@ class _Login(_Outcome):
     user_code: str | None = None
     url_known: trio.Event = field(default_factory=trio.Event)
     pasted: trio.MemorySendChannel[str] | None = None
+    scopes: tuple[str, ...] | None = None  # a step-up's scopes; None: choose them by discovery (A2)
 
 
 # ---- persistence: the core's records <-> the store's ----------------------------------------------
@@ -194,6 +194,17 @@ def _registration(issuer: str, r: RegistrationRecord) -> oauth.Registration | No
     )
 
 
+def _must_register(registration: oauth.Registration, scopes: tuple[str, ...] | None) -> bool:
+    """Whether a login must register again: a configured client (its record is rebuilt from the config
+    every time), or a dynamic registration whose ``scope`` (what the client may ask for, RFC 7591 §2)
+    lacks some of ``scopes``, which the server would refuse (A9)."""
+    if registration.source == "preregistered":
+        return True
+    if registration.source != "dynamic" or registration.scope is None:
+        return False
+    return not set(scopes or ()) <= set(registration.scope.split())
+
+
 # ---- the actor ------------------------------------------------------------------------------------
 
 
@@ -231,6 +242,8 @@ class OAuthActor:
         self._planned_at: float | None = None
         self._closed = False
         self._last_login_error: WireError | None = None
+        # Authorization requests per requested scope set since the last login a person asked for (A9).
+        self._authorizations: dict[frozenset[str], int] = {}
 
     def accepts(self, server: Server) -> bool:
         return server == self.server
@@ -366,12 +379,70 @@ class OAuthActor:
             await self._refresh_once(tokens)
             refreshed = True
 
-    async def token_rejected(self, token: Secret) -> TokenAnswer:
+    async def token_rejected(self, token: Secret, www_authenticate: str | None = None) -> TokenAnswer:
         await self._load()
         tokens = self._tokens
-        if tokens is not None and tokens.access_token == token:
-            await self._refresh_once(tokens)  # compare and swap: only the token that was refused
+        if tokens is not None and tokens.access_token == token:  # compare and swap: only the refused token
+            if www_authenticate is not None:
+                await self._follow_authorization_server(tokens, www_authenticate)
+            await self._refresh_once(tokens)
         return await self.get_token(0)
+
+    async def _follow_authorization_server(self, tokens: oauth.TokenSet, www_authenticate: str) -> None:
+        """D7: a refused token may mean the server moved to another authorization server. Rediscover; if
+        the protected resource metadata now leads elsewhere, end this grant (a token or client of the old
+        issuer is never sent to the new one) and ask for a login there.
+
+        A discovery that fails changes nothing: the caller refreshes as usual.
+        """
+        challenge = oauth.bearer_challenge(www_authenticate)
+        try:
+            discovery = await self._drive(oauth.discover(self._url, policy=self._policy, challenge=challenge))
+        except oauth.OAuthError as exc:
+            log.info("%s: rediscovery after a refused token failed (%s); refreshing", self.server.name, exc)
+            return
+        if discovery.issuer == tokens.issuer or self._tokens is not tokens:
+            return
+        self._tokens = None
+        self._last_error = f"the server moved from {tokens.issuer} to {discovery.issuer}"
+        self._plan()
+        await self._save()
+        log.warning("%s: %s; a login there is needed", self.server.name, self._last_error)
+        raise self._needs_login(f"{self._last_error}; log in there")
+
+    async def scope_insufficient(
+        self, token: Secret | None, scopes: list[str], www_authenticate: str | None
+    ) -> TokenAnswer:
+        """Step-up (A9): re-authorize with the union of the held and the challenged scopes, opening the
+        browser; answers with the new token. At most :data:`oauth.MAX_AUTHORIZATIONS` authorization
+        requests per scope set, the first login included, until a person runs ``ncp-broker login``."""
+        await self._load()
+        if self._login is None:
+            tokens = self._tokens
+            if tokens is None:
+                raise self._needs_login("not logged in")
+            if token is not None and tokens.access_token != token:
+                return await self.get_token(0)  # someone stepped up already: try the newer token
+            header = (("www-authenticate", www_authenticate),) if www_authenticate is not None else ()
+            want = oauth.step_up_scopes(tokens.scopes, oauth.HttpResponse(403, header))
+            if scopes:
+                want = tuple(dict.fromkeys((*(want or tokens.scopes), *scopes)))
+            if want is None:
+                raise WireError(
+                    "bad_request",
+                    f"{self.server.name}: not a step-up: the 403 names no scope with "
+                    'error="insufficient_scope"',
+                    "send scopes, or the 403's WWW-Authenticate header; see docs/protocol.md",
+                )
+            if self._authorizations.get(frozenset(want), 0) >= oauth.MAX_AUTHORIZATIONS:
+                raise WireError(
+                    "insufficient_scope",
+                    f"{self.server.name}: the server still refuses for lack of scope after "
+                    f"{oauth.MAX_AUTHORIZATIONS} authorizations for {' '.join(want)}",
+                    f"check the account's permissions, then: ncp-broker login {self.server.name}",
+                )
+            await self.login("browser", open_browser=True, scopes=want)
+        return await self.login_wait()
 
     async def _refresh_once(self, seen: oauth.TokenSet) -> None:
         """Refresh ``seen`` unless someone already replaced it; join a refresh in flight."""
@@ -467,12 +538,26 @@ class OAuthActor:
 
     # ---- login ------------------------------------------------------------------------------------
 
-    async def login(self, mode: Literal["browser", "paste", "device"]) -> dict[str, Any]:
-        """Start a login (or join the pending one) and return its authorization URL."""
+    async def login(
+        self,
+        mode: Literal["browser", "paste", "device"],
+        *,
+        open_browser: bool = False,
+        scopes: tuple[str, ...] | None = None,
+    ) -> dict[str, Any]:
+        """Start a login (or join the pending one) and return its authorization URL.
+
+        ``scopes`` marks a step-up (see :meth:`scope_insufficient`); any other login is a person's (or a
+        host's first use) and starts the count of authorization requests afresh. With ``open_browser``
+        the daemon opens the URL itself; when it cannot, the answer is ``needs_login`` and the login stays
+        pending for ``ncp-broker login`` to join.
+        """
         await self._load()
         joined = self._login is not None
         if self._login is None:
-            self._login = _Login(mode=mode, started_at=self._ctx.clock())
+            if scopes is None:
+                self._authorizations.clear()
+            self._login = _Login(mode=mode, started_at=self._ctx.clock(), scopes=scopes)
             self._ctx.nursery.start_soon(self._run_login, self._login)
         login = self._login
         with trio.move_on_after(60):
@@ -481,6 +566,15 @@ class OAuthActor:
             raise login.error
         if login.url is None:
             raise WireError("as_unreachable", f"{self.server.name}: the login did not start within 60 s")
+        # A joined login has its driver already; a new one asked for the browser must get it or say so.
+        opened = not open_browser or joined or mode != "browser"
+        if not opened and not await open_browser_(login.url, policy=self._policy):
+            raise WireError(
+                "needs_login",
+                f"{self.server.name}: a login is waiting at {login.url}, but the daemon could not open a "
+                "browser",
+                f"open that URL, or run: ncp-broker login {self.server.name}",
+            )
         return {
             "url": login.url,
             "user_code": login.user_code,
@@ -553,9 +647,11 @@ class OAuthActor:
         discovery = await self._drive(
             oauth.discover(self._url, policy=self._policy, challenge=challenge),
         )
-        scopes = oauth.select_scopes(discovery, self._settings.scopes)
+        scopes = login.scopes or oauth.select_scopes(discovery, self._settings.scopes)
+        key = frozenset(scopes or ())
+        self._authorizations[key] = self._authorizations.get(key, 0) + 1
         registration = self._registrations.get(discovery.issuer)
-        if registration is None or registration.source == "preregistered":
+        if registration is None or _must_register(registration, scopes):
             registration = await self._drive(
                 oauth.register(
                     discovery,
@@ -565,7 +661,9 @@ class OAuthActor:
                     client_id=self._settings.client_id,
                     client_secret=self._settings.client_secret,
                     client_metadata_url=self._settings.client_metadata_url,
-                    scopes=scopes,
+                    # No `scope`: it would cap what the client may ever ask for, and a step-up beyond it
+                    # would need a new client id, which ends the MCP session on servers that bind
+                    # sessions to the client.
                 ),
             )
             self._registrations[discovery.issuer] = registration

@@ -36,6 +36,7 @@ __all__ = [
     "Logout",
     "Reload",
     "Request",
+    "ScopeInsufficient",
     "SetAccessKey",
     "Shutdown",
     "Status",
@@ -63,6 +64,7 @@ ErrorCode = Literal[
     "login_in_progress",  # a login is pending; wait for it or complete it
     "login_unavailable",  # this daemon cannot log in to that server (yet)
     "as_unreachable",  # the authorization server cannot be reached; the current token has expired
+    "insufficient_scope",  # step-up gave up: the server still refuses after MAX_AUTHORIZATIONS tries
     "config_error",  # reload refused: the file is bad; the old config stays in force
     "internal",  # a bug; the daemon stays up, the message says where to look
 ]
@@ -97,10 +99,29 @@ class GetToken(_Base, tag="get_token"):
 
 
 class TokenRejected(_Base, tag="token_rejected"):
-    """The resource answered 401 to ``token``: refresh if it is still current, else return the newer one."""
+    """The resource answered 401 to ``token``: refresh if it is still current, else return the newer one.
+
+    ``www_authenticate`` is the 401's header, if the client has it: when its protected resource metadata
+    now names another authorization server, the grant ends and the answer is ``needs_login`` (D7).
+    """
 
     server: str
     token: Secret
+    www_authenticate: str | None = None
+
+
+class ScopeInsufficient(_Base, tag="scope_insufficient"):
+    """The resource answered 403 ``insufficient_scope`` to ``token``: re-authorize (step-up, A9).
+
+    The daemon asks for the union of the scopes it holds and the challenged ones (``scopes``, and the
+    ``scope`` of ``www_authenticate``), opens the browser itself and answers with the new token once the
+    login is done. If ``token`` is no longer the current one, the current one comes back at once.
+    """
+
+    server: str
+    token: Secret | None = None
+    scopes: list[str] = []
+    www_authenticate: str | None = None
 
 
 class Status(_Base, tag="status"):
@@ -129,6 +150,8 @@ class Login(_Base, tag="login"):
 
     server: str
     mode: Literal["browser", "paste", "device"] = "browser"
+    open_browser: bool = False
+    """The daemon opens the browser itself (for a client without a terminal, e.g. ``BrokerAuth``)."""
 
 
 class LoginWait(_Base, tag="login_wait"):
@@ -158,6 +181,7 @@ Request = (
     Hello
     | GetToken
     | TokenRejected
+    | ScopeInsufficient
     | Status
     | ListServers
     | Reload

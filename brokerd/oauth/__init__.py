@@ -50,12 +50,12 @@ from brokerd.oauth._http import parse_retry_after
 from brokerd.oauth._pkce import Pkce, make_pkce, require_s256
 from brokerd.oauth._registration import Registration, client_auth, client_metadata_document, register
 from brokerd.oauth._revocation import RevocationOutcome, revoke
-from brokerd.oauth._scopes import MAX_STEP_UPS, select_scopes, step_up_scopes
+from brokerd.oauth._scopes import MAX_AUTHORIZATIONS, select_scopes, step_up_scopes
 from brokerd.oauth._tokens import TokenSet, bearer_header, refresh
 from brokerd.oauth._urls import UrlPolicy, canonical_resource, is_loopback_host, loopback_redirect_uri
 
 __all__ = [
-    "MAX_STEP_UPS",
+    "MAX_AUTHORIZATIONS",
     "AuthorizationDeniedError",
     "AwaitRedirect",
     "CallbackError",

@@ -10,10 +10,12 @@ from brokerd.oauth._challenge import bearer_challenge
 from brokerd.oauth._discovery import Discovery
 from brokerd.oauth._effects import HttpResponse
 
-__all__ = ["MAX_STEP_UPS", "select_scopes", "step_up_scopes"]
+__all__ = ["MAX_AUTHORIZATIONS", "select_scopes", "step_up_scopes"]
 
-MAX_STEP_UPS = 3
-"""Re-authorizations for more scope per server and operation before the 403 is final (A9)."""
+MAX_AUTHORIZATIONS = 3
+"""Authorization requests per server and requested scope set, the first login included, before a 403
+``insufficient_scope`` is final (A9). The conformance suite's ``auth/scope-retry-limit`` counts the first
+login too, so "retry at most 3 times" is read as three authorization requests in all."""
 
 _OFFLINE = "offline_access"
 
@@ -51,7 +53,7 @@ def step_up_scopes(held: Iterable[str], response: HttpResponse) -> tuple[str, ..
     A step-up is a 403 whose ``Bearer`` challenge has ``error="insufficient_scope"`` (or, from servers
     that put it in the body instead, a challenge without ``error`` and a JSON body with that error) and a
     ``scope``; the result is the union of ``held`` and the challenged scopes. Any other 403 is to be
-    surfaced, not retried. The caller counts attempts (at most :data:`MAX_STEP_UPS`).
+    surfaced, not retried. The caller counts attempts (at most :data:`MAX_AUTHORIZATIONS`).
     """
     if response.status != 403:
         return None

@@ -11,6 +11,8 @@ when first used. Every failure is a :class:`BrokerError` whose ``hint`` says wha
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from ncp_client._async import acall
@@ -18,13 +20,14 @@ from ncp_client._errors import (
     AuthServerUnreachable,
     BrokerError,
     BrokerNotRunning,
+    InsufficientScope,
     NeedsLogin,
     ProtocolError,
     ServerError,
     UnknownServer,
 )
 from ncp_client._paths import default_socket_path
-from ncp_client._protocol import DEFAULT_TIMEOUT, call
+from ncp_client._protocol import DEFAULT_TIMEOUT, LOGIN_TIMEOUT, call
 
 if TYPE_CHECKING:
     from ncp_client._auth import BrokerAuth, broker_auth_for_httpx2
@@ -34,17 +37,22 @@ __all__ = [
     "BrokerAuth",
     "BrokerError",
     "BrokerNotRunning",
+    "InsufficientScope",
     "NeedsLogin",
     "ProtocolError",
     "ServerError",
     "UnknownServer",
     "acall",
     "aget_token",
+    "alogin",
+    "ascope_insufficient",
     "atoken_rejected",
     "broker_auth_for_httpx2",
     "call",
     "default_socket_path",
     "get_token",
+    "login",
+    "scope_insufficient",
     "token_rejected",
 ]
 
@@ -90,24 +98,117 @@ async def aget_token(
     return _token(await acall(_token_request(server, min_ttl), timeout=timeout, socket_path=socket_path))
 
 
+def _rejected_request(server: str, token: str, www_authenticate: str | None) -> dict[str, Any]:
+    request: dict[str, Any] = {"op": "token_rejected", "server": server, "token": token}
+    if www_authenticate is not None:
+        request["www_authenticate"] = www_authenticate
+    return request
+
+
 def token_rejected(
-    server: str, token: str, *, timeout: float = DEFAULT_TIMEOUT, socket_path: SocketPath = None
+    server: str,
+    token: str,
+    *,
+    www_authenticate: str | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+    socket_path: SocketPath = None,
 ) -> str:
     """Tell the daemon that ``server`` answered 401 to ``token``; returns the token to retry with.
 
     The daemon refreshes only if ``token`` is still its current one; if another client already caused a
-    refresh, the newer token comes back at once.
+    refresh, the newer token comes back at once. Pass the 401's ``WWW-Authenticate`` header so the daemon
+    notices a server that moved to another authorization server (then: :class:`NeedsLogin`).
     """
-    request = {"op": "token_rejected", "server": server, "token": token}
+    request = _rejected_request(server, token, www_authenticate)
     return _token(call(request, timeout=timeout, socket_path=socket_path))
 
 
 async def atoken_rejected(
-    server: str, token: str, *, timeout: float = DEFAULT_TIMEOUT, socket_path: SocketPath = None
+    server: str,
+    token: str,
+    *,
+    www_authenticate: str | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+    socket_path: SocketPath = None,
 ) -> str:
     """:func:`token_rejected` for trio or asyncio code."""
-    request = {"op": "token_rejected", "server": server, "token": token}
+    request = _rejected_request(server, token, www_authenticate)
     return _token(await acall(request, timeout=timeout, socket_path=socket_path))
+
+
+def _step_up_request(
+    server: str, token: str | None, www_authenticate: str | None, scopes: Sequence[str]
+) -> dict[str, Any]:
+    request: dict[str, Any] = {"op": "scope_insufficient", "server": server, "scopes": list(scopes)}
+    if token is not None:
+        request["token"] = token
+    if www_authenticate is not None:
+        request["www_authenticate"] = www_authenticate
+    return request
+
+
+def scope_insufficient(
+    server: str,
+    token: str | None,
+    *,
+    www_authenticate: str | None = None,
+    scopes: Sequence[str] = (),
+    timeout: float = LOGIN_TIMEOUT,
+    socket_path: SocketPath = None,
+) -> str:
+    """Step-up: ``server`` answered 403 ``insufficient_scope`` to ``token``; returns the token to retry with.
+
+    Give the 403's ``WWW-Authenticate`` header (or the ``scopes`` it named). The daemon re-authorizes with
+    the scopes it holds plus the challenged ones, opening the browser, and answers once the login is done
+    (hence the login-length ``timeout``).
+
+    Raises:
+        InsufficientScope: the daemon gave up after three authorizations for that scope set.
+        NeedsLogin: the daemon could not open a browser (the hint says what to run), or the login failed.
+    """
+    request = _step_up_request(server, token, www_authenticate, scopes)
+    return _token(call(request, timeout=timeout, socket_path=socket_path))
+
+
+async def ascope_insufficient(
+    server: str,
+    token: str | None,
+    *,
+    www_authenticate: str | None = None,
+    scopes: Sequence[str] = (),
+    timeout: float = LOGIN_TIMEOUT,
+    socket_path: SocketPath = None,
+) -> str:
+    """:func:`scope_insufficient` for trio or asyncio code."""
+    request = _step_up_request(server, token, www_authenticate, scopes)
+    return _token(await acall(request, timeout=timeout, socket_path=socket_path))
+
+
+def login(
+    server: str, *, open_browser: bool = True, timeout: float = LOGIN_TIMEOUT, socket_path: SocketPath = None
+) -> str:
+    """Log in to ``server`` through the daemon (or join the login in progress) and return the token.
+
+    With ``open_browser`` the daemon opens the authorization URL itself; when it cannot (no display, no
+    ``$BROWSER``) this raises :class:`NeedsLogin` at once, and the login stays pending for
+    ``ncp-broker login SERVER`` to finish.
+    """
+    deadline = time.monotonic() + timeout
+    start = {"op": "login", "server": server, "open_browser": open_browser}
+    call(start, timeout=timeout, socket_path=socket_path)
+    wait = {"op": "login_wait", "server": server}
+    return _token(call(wait, timeout=max(1.0, deadline - time.monotonic()), socket_path=socket_path))
+
+
+async def alogin(
+    server: str, *, open_browser: bool = True, timeout: float = LOGIN_TIMEOUT, socket_path: SocketPath = None
+) -> str:
+    """:func:`login` for trio or asyncio code."""
+    deadline = time.monotonic() + timeout
+    start = {"op": "login", "server": server, "open_browser": open_browser}
+    await acall(start, timeout=timeout, socket_path=socket_path)
+    wait = {"op": "login_wait", "server": server}
+    return _token(await acall(wait, timeout=max(1.0, deadline - time.monotonic()), socket_path=socket_path))
 
 
 def __getattr__(name: str) -> Any:

@@ -6,7 +6,8 @@
     └── ServerError             the daemon answered with an error ``code`` for this request:
         ├── UnknownServer           ``unknown_server``
         ├── NeedsLogin              ``needs_login``, ``login_in_progress``, ``login_unavailable``
-        └── AuthServerUnreachable   ``as_unreachable``
+        ├── AuthServerUnreachable   ``as_unreachable``
+        └── InsufficientScope       ``insufficient_scope`` (step-up gave up)
 
 Exit statuses (``ncp-token``): 0 ok, 2 usage, 3 not running, 4 unknown server, 5 needs login,
 6 authorization server unreachable, 7 protocol error, 1 anything else the daemon refused.
@@ -18,6 +19,7 @@ __all__ = [
     "AuthServerUnreachable",
     "BrokerError",
     "BrokerNotRunning",
+    "InsufficientScope",
     "NeedsLogin",
     "ProtocolError",
     "ServerError",
@@ -63,12 +65,17 @@ class AuthServerUnreachable(ServerError):
     exit_status = 6
 
 
+class InsufficientScope(ServerError):
+    pass
+
+
 _BY_CODE: dict[str, type[ServerError]] = {
     "unknown_server": UnknownServer,
     "needs_login": NeedsLogin,
     "login_in_progress": NeedsLogin,
     "login_unavailable": NeedsLogin,
     "as_unreachable": AuthServerUnreachable,
+    "insufficient_scope": InsufficientScope,
 }
 
 

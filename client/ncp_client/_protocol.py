@@ -12,9 +12,10 @@ from typing import Any
 from ncp_client._errors import BrokerNotRunning, ProtocolError, error_from_answer
 from ncp_client._paths import default_socket_path
 
-__all__ = ["DEFAULT_TIMEOUT", "MAX_ANSWER", "call", "encode", "not_running", "unwrap"]
+__all__ = ["DEFAULT_TIMEOUT", "LOGIN_TIMEOUT", "MAX_ANSWER", "call", "encode", "not_running", "unwrap"]
 
 DEFAULT_TIMEOUT = 5.0
+LOGIN_TIMEOUT = 370.0  # the daemon gives a login 300 s, plus up to 60 s to learn its URL
 MAX_ANSWER = 1024 * 1024  # answers are small; a runaway peer must not eat our memory
 
 

@@ -10,8 +10,10 @@ The suite runs ``adapter.py SERVER_URL`` with ``MCP_CONFORMANCE_SCENARIO``,
 2. starts ``ncp-broker start --foreground`` with every ncp-broker path inside that directory, and waits
    for its socket to answer;
 3. runs ``ncp-broker login conf`` with ``BROWSER`` set to ``fetch_browser.py``;
-4. speaks MCP through the SDK with ``BrokerAuth``: connect (``initialize``, or the 2026-07-28 stateless
-   lifecycle), ``tools/list``, and ``tools/call`` of ``test-tool`` when listed, so that step-up is reached;
+4. speaks MCP through the SDK with ``ncp_client.broker_auth_for_httpx2`` (``BrokerAuth`` for the httpx2
+   client of mcp 2.x; the daemon opens ``BROWSER`` itself for a step-up or a new login): connect
+   (``initialize``, or the 2026-07-28 stateless lifecycle), ``tools/list``, and ``tools/call`` of
+   ``test-tool`` when listed, so that step-up is reached;
 5. stops the daemon by its PID and removes the directory.
 
 Exit status 0 when every step worked; otherwise 1, with the step that failed, the daemon's log and the
@@ -29,9 +31,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncGenerator
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import anyio
 import httpx2
@@ -54,36 +55,6 @@ HERE = Path(__file__).resolve().parent
 
 class StepFailed(Exception):
     """A step of the run failed; the message says which and why."""
-
-
-class _Httpx2Auth(httpx2.Auth):
-    """``BrokerAuth``'s own flow on httpx2 objects.
-
-    ``BrokerAuth`` is an ``httpx.Auth``; mcp 2.x sends through ``httpx2``, whose client accepts only
-    ``httpx2.Auth``. The flow protocol is the same in both, so this forwards every request and response
-    unchanged and adds no behaviour of its own (see docs/conformance.md: the client library must fix it).
-    """
-
-    def __init__(self, inner: ncp_client.BrokerAuth) -> None:
-        self._inner = inner
-        self.refusals: list[str] = []  # for the failure message: what the server refused, and why
-        self.requires_request_body = inner.requires_request_body
-        self.requires_response_body = inner.requires_response_body
-
-    async def async_auth_flow(
-        self, request: httpx2.Request
-    ) -> AsyncGenerator[httpx2.Request, httpx2.Response]:
-        flow = self._inner.async_auth_flow(cast(Any, request))
-        outgoing: Any = await anext(flow)
-        while True:
-            response = yield outgoing
-            if response.status_code in (401, 403):
-                challenge = response.headers.get("www-authenticate", "(no WWW-Authenticate)")
-                self.refusals.append(f"HTTP {response.status_code} {challenge}")
-            try:
-                outgoing = await flow.asend(cast(Any, response))
-            except StopAsyncIteration:
-                return
 
 
 def broker_config(url: str, context: dict[str, Any]) -> dict[str, Any]:
@@ -125,7 +96,7 @@ class Run:
         self.daemon_log = root / "daemon.log"
         self.browser_log = root / "browser.log"
         self.daemon: subprocess.Popen[bytes] | None = None
-        self.auth: _Httpx2Auth | None = None
+        self.refusals: list[str] = []  # for the failure message: what the MCP server refused, and why
         config = root / "config.json"
         _write_private(config, json.dumps(broker_config(url, context)))
         browser = root / "browser"
@@ -190,10 +161,16 @@ class Run:
 
     async def use_mcp(self) -> str:
         mode = self.version if self.version in MODERN_PROTOCOL_VERSIONS else "legacy"
-        auth = self.auth = _Httpx2Auth(ncp_client.BrokerAuth(SERVER, socket_path=self.socket))
+        auth = ncp_client.broker_auth_for_httpx2(SERVER, socket_path=self.socket)
+
+        async def record(response: httpx2.Response) -> None:
+            if response.status_code in (401, 403):
+                challenge = response.headers.get("www-authenticate", "(no WWW-Authenticate)")
+                self.refusals.append(f"HTTP {response.status_code} {challenge}")
+
         with anyio.fail_after(MCP_TIMEOUT):
             async with (
-                httpx2.AsyncClient(auth=auth, timeout=10.0) as http,
+                httpx2.AsyncClient(auth=auth, timeout=10.0, event_hooks={"response": [record]}) as http,
                 Client(streamable_http_client(self.url, http_client=http), mode=mode) as client,
             ):
                 names = [tool.name for tool in (await client.list_tools()).tools]
@@ -242,7 +219,7 @@ def main(argv: list[str]) -> int:
         raise
     except Exception as exc:  # noqa: BLE001 - whatever failed, the run ends with a sentence saying so
         sys.stderr.write(f"adapter: {scenario} ({version}): failed to {step}: {_describe(exc)}\n")
-        for refusal in run.auth.refusals if run.auth else []:
+        for refusal in run.refusals:
             sys.stderr.write(f"adapter: the MCP server answered {refusal}\n")
         run.stop_daemon()  # its log is complete once it has stopped
         sys.stderr.write(f"--- daemon log ---\n{_tail(run.daemon_log)}--- browser log ---\n")
