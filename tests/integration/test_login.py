@@ -10,15 +10,19 @@ import json
 import os
 import pty
 import signal
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import httpx
 import pytest
 
 from tests.conftest import Daemon, Env, start_daemon
+from tests.servers.browser_http import run_login
 from tests.servers.helpers import McpSession
 
 if TYPE_CHECKING:
@@ -271,3 +275,90 @@ def test_first_use_from_terminals_logs_in_once(
     assert len(tokens) == 1
     assert "echo" in tools_list(mcp.url, tokens.pop())
     assert oidc.stats()["token_requests"]["authorization_code"] == 1
+
+
+def pending_login_url(env: Env) -> str:
+    """The authorization URL of the pending login, from `status --json`."""
+    deadline = time.monotonic() + 30
+    while True:
+        server = json.loads(env.run("ncp-broker", "status", "--json").stdout)["servers"][0]
+        if server.get("login_url"):
+            return str(server["login_url"])
+        assert time.monotonic() < deadline, server
+        time.sleep(0.1)
+
+
+def paste_login(env: Env, edit: Callable[[str], str] = lambda url: url) -> subprocess.CompletedProcess[str]:
+    """`ncp-broker login srv --no-browser`: a person approves in some browser and pastes the address the
+    browser was sent to (changed by ``edit``), which is never delivered to the daemon's listener."""
+    proc = spawn(env, "brokerd", "login", "srv", "--no-browser", stdin=subprocess.PIPE)
+    try:
+        result = run_login(pending_login_url(env), deliver=False)
+        assert result.redirect_url is not None, result.reason
+        out, err = proc.communicate(edit(result.redirect_url) + "\n", timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def test_pasted_redirect_url_completes_the_login(
+    env: Env, servers: tuple[OidcServer, McpServer], daemon: Daemon
+) -> None:
+    """Headless login: the whole redirect URL pasted back is validated (state, iss) and redeemed (A4, A5)."""
+    oidc, mcp = servers
+    serve(env, mcp)
+    done = paste_login(env)
+    assert done.returncode == 0, done.stderr + daemon.log_text()
+    assert "Authorized srv" in done.stdout
+    assert "echo" in tools_list(mcp.url, env.run("ncp-token", "srv").stdout.strip())
+    assert oidc.stats()["token_requests"]["authorization_code"] == 1
+
+
+def _with_param(url: str, name: str, value: str) -> str:
+    parts = urlsplit(url)
+    query = [(k, v) for k, v in parse_qsl(parts.query) if k != name] + [(name, value)]
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+@pytest.mark.parametrize(
+    "forgery",
+    [
+        ("state", "forged-state", "state"),  # A4: a response to another request (CSRF)
+        ("iss", "http://127.0.0.1:1", "issuer"),  # A5, RFC 9207: a response from another server (mix-up)
+    ],
+)
+def test_pasted_response_with_wrong_state_or_issuer_is_refused(
+    env: Env, servers: tuple[OidcServer, McpServer], daemon: Daemon, forgery: tuple[str, str, str]
+) -> None:
+    """A pasted response with a forged `state` or `iss` is refused before its code is sent anywhere."""
+    name, value, said = forgery
+    oidc, mcp = servers
+    serve(env, mcp)
+    refused = paste_login(env, lambda url: _with_param(url, name, value))
+    assert refused.returncode == 5, refused.stdout
+    assert said in refused.stderr, refused.stderr
+    assert "authorization_code" not in oidc.stats()["token_requests"]  # the code was never redeemed
+    assert env.run("ncp-token", "srv").returncode == 5
+
+
+def test_busy_callback_port_names_the_port_and_the_config_key(
+    env: Env, servers: tuple[OidcServer, McpServer], browser_env: BrowserEnvFactory, daemon: Daemon
+) -> None:
+    """A configured callbackPort that another program holds: the login fails at once, naming the port and
+    `auth.oauth21.callbackPort`; nothing is authorized; once the port is free the login works."""
+    oidc, mcp = servers
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        auth = {"type": "oauth", "oauth21": {"callbackPort": port}, "allowInsecureLoopback": True}
+        env.write_config({"srv": {"url": mcp.url, "auth": auth}})
+        assert env.run("ncp-broker", "reload").returncode == 0
+        busy = env.run("ncp-broker", "login", "srv", extra_env=dict(browser_env()), timeout=60)
+        assert busy.returncode != 0
+        assert str(port) in busy.stderr
+        assert "auth.oauth21.callbackPort" in busy.stderr
+    assert oidc.stats()["authorizations"] == 0
+    log_in(env, browser_env)

@@ -116,10 +116,21 @@ class LoginResult:
     ok: bool
     reason: str
     callback_url: str | None = None
+    redirect_url: str | None = None  # with deliver=False only: the unredacted redirect, to paste
 
 
 class _Driver:
-    def __init__(self, start_url: str, action: str, user: str, log_path: str | None, deadline: float) -> None:
+    def __init__(
+        self,
+        start_url: str,
+        action: str,
+        user: str,
+        log_path: str | None,
+        deadline: float,
+        *,
+        deliver: bool = True,
+    ) -> None:
+        self.deliver = deliver
         self.as_origin = _origin(start_url)
         self.action = action
         self.user = user
@@ -156,6 +167,8 @@ class _Driver:
 
     def _deliver(self, http: httpx.Client, url: str, method: str, body: dict[str, str] | None) -> LoginResult:
         """The client's redirect_uri: hand it the response, whatever the listener answers."""
+        if not self.deliver:
+            return self._end(LoginResult(True, "redirect not delivered", redact_url(url), redirect_url=url))
         self.log(f"callback {method} {redact_url(url)}")
         try:
             http.request(method, url, data=body)
@@ -232,11 +245,16 @@ def run_login(
     user: str = "alice",
     log_path: str | None = None,
     timeout: float = 30.0,
+    deliver: bool = True,
 ) -> LoginResult:
-    """Drive one login in this process; never raises for HTTP failures (they end up in the result)."""
+    """Drive one login in this process; never raises for HTTP failures (they end up in the result).
+
+    With ``deliver=False`` it stops at the redirect to the client and returns it in ``redirect_url``
+    (what a person would copy from the address bar for ``ncp-broker login --no-browser``).
+    """
     if action not in ("approve", "deny"):
         raise ValueError(f"action must be approve or deny, not {action!r}")
-    driver = _Driver(url, action, user, log_path, time.monotonic() + timeout)
+    driver = _Driver(url, action, user, log_path, time.monotonic() + timeout, deliver=deliver)
     try:
         return driver.run(url)
     except httpx.HTTPError as exc:
