@@ -164,6 +164,15 @@ class Broker:
                 if isinstance(actor, BearerActor):
                     return await actor.forget_key()
                 raise wire.WireError("not_brokered", f"{name} holds no credentials to log out of")
+            case wire.Invalidate(server=name, what=what):
+                actor = self._actor(name)
+                if isinstance(actor, OAuthActor):
+                    return await actor.invalidate(what)
+                if isinstance(actor, BearerActor) and what != "client":
+                    result = await actor.forget_key()
+                    return {"forgot": ["tokens"] if result["had_grant"] else [], "saved": True}
+                held = "client registration" if what == "client" else "credentials"
+                raise wire.WireError("not_brokered", f"{name} holds no {held} to invalidate")
             case wire.Shutdown():
                 self.shutdown_requested.set()
                 return {"stopping": True}

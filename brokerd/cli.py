@@ -369,6 +369,50 @@ def cmd_logout(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_invalidate(args: argparse.Namespace) -> int:
+    if _running(args) is not None:
+        result = _call(args, {"op": "invalidate", "server": args.name, "what": args.what}, timeout=60)
+        forgot = list(result.get("forgot", []))
+    else:
+        cfg = _load_config(args)
+        server = cfg.servers.get(args.name)
+        if server is None or server.url is None:
+            raise CliError(f"no server named {args.name!r} with a URL in {args.config}", 4)
+        forgot = _invalidate_offline(cfg, server.url, args.what)
+    held = " and ".join(forgot) if forgot else "nothing"
+    print(f"{args.name}: forgot {held} locally (nothing was revoked; `ncp-broker logout` revokes)")
+    if "tokens" in forgot:
+        print(f"  log in again with: ncp-broker login {args.name}")
+    return EXIT_OK
+
+
+def _invalidate_offline(cfg: config.Config, url: str, what: str) -> list[str]:
+    """``invalidate`` on the store itself, when no daemon owns it."""
+    import msgspec
+    import trio
+
+    from brokerd.store import open_store
+
+    async def forget() -> list[str]:
+        store = open_store(cfg.store, paths.data_dir())
+        record = await store.load(url)
+        if record is None:
+            return []
+        forgot = []
+        if what in ("tokens", "all") and (record.tokens is not None or record.access_key is not None):
+            record = msgspec.structs.replace(record, tokens=None, access_key=None)
+            forgot.append("tokens")
+        if what in ("client", "all") and record.registrations:
+            record = msgspec.structs.replace(record, registrations={})
+            forgot.append("client")
+        if what == "all":
+            record = msgspec.structs.replace(record, discovery=None)
+        await store.save(record)
+        return forgot
+
+    return trio.run(forget)
+
+
 def _print_logout(name: str, result: dict[str, Any]) -> None:
     if not result.get("had_grant"):
         print(f"{name}: nothing to log out of; local credentials are cleared")
@@ -495,6 +539,17 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("logout", help="revoke a server's grant (RFC 7009) and delete its local tokens")
     s.add_argument("name")
     s.set_defaults(func=cmd_logout)
+
+    s = sub.add_parser(
+        "invalidate",
+        help="forget a server's tokens and/or client registration locally, without revoking",
+        description="Forget local credentials without telling the authorization server (NCP's "
+        "invalidateCredentials). tokens: the next use needs a login. client: the next login registers a new "
+        "client; the current access token is used until it expires. all: both. To revoke, use logout.",
+    )
+    s.add_argument("name")
+    s.add_argument("--what", required=True, choices=["tokens", "client", "all"], help="what to forget")
+    s.set_defaults(func=cmd_invalidate)
 
     s = sub.add_parser("remove", help="log out of a server and delete it from the config")
     s.add_argument("name")

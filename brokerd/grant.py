@@ -536,6 +536,25 @@ class OAuthActor:
         )
         return {"had_grant": tokens is not None, "revocation": revoked, "saved": not self._unsaved}
 
+    async def invalidate(self, what: Literal["tokens", "client", "all"]) -> dict[str, Any]:
+        """Forget tokens, client registrations or both, locally only: nothing is revoked (compare
+        :meth:`logout`). Discovery is not cached beyond the grant, so ``all`` is ``tokens`` + ``client``."""
+        await self._load()
+        if self._refresh is not None:
+            await self._refresh.done.wait()  # forget what the refresh produced, not what it replaced
+        forgot: list[str] = []
+        if what in ("tokens", "all") and self._tokens is not None:
+            self._tokens = None
+            forgot.append("tokens")
+        if what in ("client", "all") and self._registrations:
+            self._registrations = {}
+            forgot.append("client")
+        self._failures, self._retry_at, self._last_error = 0, None, None
+        self._plan()
+        await self._save()
+        log.info("%s: invalidated %s (%s)", self.server.name, what, ", ".join(forgot) or "nothing held")
+        return {"forgot": forgot, "saved": not self._unsaved}
+
     # ---- login ------------------------------------------------------------------------------------
 
     async def login(

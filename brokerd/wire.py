@@ -29,6 +29,7 @@ __all__ = [
     "ErrorCode",
     "GetToken",
     "Hello",
+    "Invalidate",
     "ListServers",
     "Login",
     "LoginComplete",
@@ -173,6 +174,14 @@ class Logout(_Base, tag="logout"):
     server: str
 
 
+class Invalidate(_Base, tag="invalidate"):
+    """Forget local credentials without revoking them (NCP's ``invalidateCredentials``): ``tokens`` (the
+    next use needs a login), ``client`` (the next login registers again) or ``all``."""
+
+    server: str
+    what: Literal["tokens", "client", "all"]
+
+
 class Shutdown(_Base, tag="shutdown"):
     """Stop the daemon after answering."""
 
@@ -190,6 +199,7 @@ Request = (
     | LoginWait
     | LoginComplete
     | Logout
+    | Invalidate
     | Shutdown
 )
 

@@ -1,4 +1,5 @@
-"""Proactive refresh on trio's MockClock: hours of refreshes at exact deadlines, backoff, single flight.
+"""The OAuth actor on trio's MockClock: hours of refreshes at exact deadlines, backoff, single flight, a
+full disk, logout racing a refresh, and invalidation.
 
 The token endpoint is an httpx MockTransport and the store is in memory: both are edges; the thing under
 test is the actor and its scheduler (T3, T4, T5; DESIGN.md rules 2, 4, 7, 9).
@@ -9,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Literal
 
 import httpx
 import pytest
@@ -19,7 +21,7 @@ from brokerd.callback import CallbackHub
 from brokerd.config import OAuthSettings, Server
 from brokerd.grant import OAuthActor, OAuthContext
 from brokerd.secret import Secret
-from brokerd.store import RegistrationRecord, ServerRecord, StoreInfo, TokenRecord
+from brokerd.store import RegistrationRecord, ServerRecord, StoreError, StoreInfo, TokenRecord
 from brokerd.store._base import LoadReport
 from brokerd.wire import WireError
 
@@ -34,11 +36,14 @@ class MemoryStore:
     def __init__(self) -> None:
         self.records: dict[str, ServerRecord] = {}
         self.saves = 0
+        self.full = False  # a full disk: every save fails
 
     async def load(self, server_url: str) -> ServerRecord | None:
         return self.records.get(server_url)
 
     async def save(self, record: ServerRecord) -> None:
+        if self.full:
+            raise StoreError("cannot write /nonexistent/x.json: [Errno 28] No space left on device")
         self.saves += 1
         self.records[record.server_url] = record
 
@@ -59,7 +64,9 @@ class MemoryStore:
 
 
 class TokenEndpoint:
-    """A token endpoint that rotates refresh tokens and detects replay like oidc-provider."""
+    """A token endpoint that rotates refresh tokens and detects replay like oidc-provider, and a
+    revocation endpoint (RFC 7009) that records what it was sent. ``gate``, when set, holds refreshes
+    until it fires."""
 
     def __init__(self, lifetime: int) -> None:
         self.lifetime = lifetime
@@ -67,10 +74,17 @@ class TokenEndpoint:
         self.refresh_times: list[float] = []
         self.replays = 0
         self.fail_next = 0
+        self.revoked: list[str] = []
+        self.gate: trio.Event | None = None
 
-    def __call__(self, request: httpx.Request) -> httpx.Response:
+    async def __call__(self, request: httpx.Request) -> httpx.Response:
         form = dict(httpx.QueryParams(request.content.decode()))
+        if request.url.path == "/revoke":
+            self.revoked.append(form["token"])
+            return httpx.Response(200)
         self.refresh_times.append(trio.current_time())
+        if self.gate is not None:
+            await self.gate.wait()
         if self.fail_next:
             self.fail_next -= 1
             return httpx.Response(503, headers={"retry-after": "7"})
@@ -97,6 +111,7 @@ def seeded_store(lifetime: float) -> MemoryStore:
             issuer=ISSUER,
             resource=URL,
             client_id="client-1",
+            revocation_endpoint=f"{ISSUER}/revoke",
         ),
         registrations={ISSUER: RegistrationRecord(client_id="client-1")},
     )
@@ -211,3 +226,103 @@ async def test_outage_keeps_grant_serves_valid_token_then_as_unreachable_then_re
     assert (await actor.get_token(0)).token.reveal().startswith("at-")
     assert actor.status()["state"] == "valid"
     assert endpoint.replays == 0
+
+
+async def test_full_disk_keeps_rotated_tokens_in_memory_reports_degraded_and_recovers(
+    harness: Callable[[float], tuple[OAuthActor, TokenEndpoint, MemoryStore]],
+    autojump_clock: trio.testing.MockClock,  # pytest-trio runs the test on it only if the test asks
+) -> None:
+    """Rule 3 / T4: when the rotated grant cannot be written, the new tokens stay in memory and are served,
+    status says degraded with the reason, the next refresh spends the new refresh token (no replay), and
+    the write is retried until it succeeds."""
+    actor, endpoint, store = harness(60)
+    await actor.get_token(0)
+    store.full = True
+    await trio.sleep(41)  # the proactive refresh at 40 s rotates rt-0 -> rt-1, and cannot save it
+    assert endpoint.current == "rt-1"
+    assert (await actor.get_token(0)).token == Secret("at-1")
+    status = actor.status()
+    assert status["state"] == "degraded"
+    assert "No space left on device" in status["last_error"]
+    saved = store.records[URL].tokens
+    assert saved is not None
+    assert saved.refresh_token == Secret("rt-0")  # the disk still has the old one
+    await trio.sleep(40)  # the next refresh spends rt-1 from memory
+    assert endpoint.replays == 0
+    store.full = False
+    await actor.get_token(0)  # a request retries the write
+    assert actor.status()["state"] == "valid"
+    saved = store.records[URL].tokens
+    assert saved is not None
+    assert saved.refresh_token == Secret(endpoint.current)
+
+
+async def test_logout_racing_a_refresh_revokes_the_new_grant_and_nothing_comes_back(
+    harness: Callable[[float], tuple[OAuthActor, TokenEndpoint, MemoryStore]],
+    autojump_clock: trio.testing.MockClock,  # pytest-trio runs the test on it only if the test asks
+) -> None:
+    """T6 with a refresh in flight: logout waits for it, revokes the refresh token it produced (not the
+    spent one), and no later request brings the grant back."""
+    actor, endpoint, store = harness(3600)
+    endpoint.gate = trio.Event()
+    await actor.get_token(0)
+    await trio.sleep(2401)  # the proactive refresh (at 2400 s) is held at the token endpoint
+    assert endpoint.refresh_times == [2400.0]
+    answers: list[Secret | str] = []
+
+    async def ask() -> None:
+        try:
+            answers.append((await actor.get_token(1200)).token)  # 1199 s left: joins the refresh
+        except WireError as exc:
+            answers.append(exc.code)
+
+    logout: dict[str, object] = {}
+
+    async def log_out() -> None:
+        logout.update(await actor.logout())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ask)
+        await trio.sleep(1)  # the refresh is waiting at the token endpoint
+        nursery.start_soon(log_out)
+        await trio.sleep(1)
+        assert not logout  # logout waits for the refresh in flight
+        endpoint.gate.set()
+    assert endpoint.revoked[0] == "rt-1"  # refresh token first, and the new one
+    assert logout["had_grant"] is True
+    assert answers in ([Secret("at-1")], ["needs_login"])
+    with pytest.raises(WireError) as err:
+        await actor.get_token(0)
+    assert err.value.code == "needs_login"
+    record = store.records[URL]
+    assert record.tokens is None
+    assert ISSUER in record.registrations  # the client is kept for the next login
+    assert endpoint.replays == 0
+
+
+@pytest.mark.parametrize(
+    ("what", "tokens_left", "client_left"),
+    [("tokens", False, True), ("client", True, False), ("all", False, False)],
+)
+async def test_invalidate_forgets_locally_without_revoking(
+    harness: Callable[[float], tuple[OAuthActor, TokenEndpoint, MemoryStore]],
+    what: Literal["tokens", "client", "all"],
+    tokens_left: bool,
+    client_left: bool,
+) -> None:
+    """NCP's invalidateCredentials: forget tokens, the client registration, or both; nothing is sent to
+    the authorization server (compare logout)."""
+    actor, endpoint, store = harness(3600)
+    result = await actor.invalidate(what)
+    assert sorted(result["forgot"]) == sorted(
+        [k for k, left in (("tokens", tokens_left), ("client", client_left)) if not left]
+    )
+    record = store.records[URL]
+    assert (record.tokens is not None) == tokens_left
+    assert bool(record.registrations) == client_left
+    assert endpoint.revoked == []
+    assert endpoint.refresh_times == []
+    if not tokens_left:
+        with pytest.raises(WireError) as err:
+            await actor.get_token(0)
+        assert err.value.hint == "ncp-broker login s"

@@ -362,3 +362,30 @@ def test_busy_callback_port_names_the_port_and_the_config_key(
         assert "auth.oauth21.callbackPort" in busy.stderr
     assert oidc.stats()["authorizations"] == 0
     log_in(env, browser_env)
+
+
+def test_invalidate_forgets_without_revoking_and_client_makes_the_next_login_register(
+    env: Env, servers: tuple[OidcServer, McpServer], browser_env: BrowserEnvFactory, daemon: Daemon
+) -> None:
+    """`invalidate --what tokens|client|all` (NCP's invalidateCredentials): local only, unlike logout."""
+    oidc, mcp = servers
+    serve(env, mcp)
+    log_in(env, browser_env)
+    done = env.run("ncp-broker", "invalidate", "srv", "--what", "tokens")
+    assert done.returncode == 0, done.stderr
+    assert "forgot tokens" in done.stdout
+    assert env.run("ncp-token", "srv").returncode == 5
+    assert oidc.stats()["revocations"] == 0  # nothing was revoked
+    assert env.run("ncp-broker", "invalidate", "srv", "--what", "client").returncode == 0
+    log_in(env, browser_env)
+    assert oidc.stats()["registrations"] == 2  # the forgotten client was registered anew
+    daemon.stop()
+    offline = env.run("ncp-broker", "invalidate", "srv", "--what", "all")  # no daemon: on the store itself
+    assert offline.returncode == 0, offline.stderr
+    assert "forgot tokens and client" in offline.stdout
+    stored = json.loads(next(env.data.glob("*.json")).read_text())
+    assert stored["tokens"] is None
+    assert stored["registrations"] == {}
+    refused = env.run("ncp-broker", "invalidate", "srv")
+    assert refused.returncode == 2
+    assert "--what" in refused.stderr
