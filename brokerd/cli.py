@@ -227,9 +227,34 @@ def cmd_status(args: argparse.Namespace) -> int:
     for row in rows:
         print("  ".join(str(c).ljust(w) for c, w in zip(row[:3], widths, strict=True)) + "  " + str(row[3]))
     for s in status["servers"]:
-        if s.get("hint"):
-            print(f"\n{s['name']}: {s['hint']}")
+        details = _status_details(s)
+        if details:
+            print(f"\n{s['name']}:")
+            width = max(len(label) for label, _ in details)
+            for label, value in details:
+                print(f"  {label.ljust(width)}  {value}")
     return EXIT_OK
+
+
+def _status_details(s: dict[str, Any]) -> list[tuple[str, str]]:
+    """The lines under a server in ``status``: times, the last error and its class, what to run."""
+    details = [
+        (label, _fmt_time(s[key]))
+        for label, key in (
+            ("expires", "expires_at"),
+            ("last refresh", "last_refresh"),
+            ("next refresh", "next_refresh"),
+            ("retry at", "retry_at"),
+        )
+        if s.get(key)
+    ]
+    if s.get("last_error"):
+        details.append(("last error", f"[{s.get('last_error_class') or 'error'}] {s['last_error']}"))
+    if s.get("login_url"):
+        details.append(("login URL", str(s["login_url"])))
+    if s.get("hint"):
+        details.append(("to fix", str(s["hint"])))
+    return details
 
 
 def cmd_list(args: argparse.Namespace) -> int:

@@ -237,6 +237,7 @@ class OAuthActor:
         self._unsaved = False
         self._last_refresh: float | None = None
         self._last_error: str | None = None
+        self._last_error_class: str | None = None  # transient, refused, grant_ended, login_failed, ...
         self._failures = 0  # transient refresh failures in a row
         self._retry_at: float | None = None
         self._planned_at: float | None = None
@@ -268,6 +269,10 @@ class OAuthActor:
             f"{self.server.name}: a login is in progress{where}",
             f"finish it in the browser, or run: ncp-broker login {self.server.name}",
         )
+
+    def _note_error(self, kind: str | None, text: str | None) -> None:
+        """What ``status`` shows as ``last_error`` and its class (None, None: the last attempt worked)."""
+        self._last_error_class, self._last_error = kind, text
 
     # ---- state ------------------------------------------------------------------------------------
 
@@ -331,7 +336,7 @@ class OAuthActor:
             await self._store.save(record)
         except StoreError as exc:
             self._unsaved = True
-            self._last_error = f"could not save credentials: {exc}"
+            self._note_error("store_write", f"could not save credentials: {exc}")
             log.error(
                 "%s: %s; keeping them in memory and retrying on the next request", self.server.name, exc
             )
@@ -404,7 +409,9 @@ class OAuthActor:
         if discovery.issuer == tokens.issuer or self._tokens is not tokens:
             return
         self._tokens = None
-        self._last_error = f"the server moved from {tokens.issuer} to {discovery.issuer}"
+        self._note_error(
+            "authorization_server_moved", f"the server moved from {tokens.issuer} to {discovery.issuer}"
+        )
         self._plan()
         await self._save()
         log.warning("%s: %s; a login there is needed", self.server.name, self._last_error)
@@ -470,13 +477,13 @@ class OAuthActor:
                 log.warning("%s: a refresh finished after a reload replaced this server", self.server.name)
             self._tokens = new
             self._last_refresh = self._ctx.clock()
-            self._last_error = None
+            self._note_error(None, None)
             self._failures, self._retry_at = 0, None
             await self._save()
             log.info("%s: refreshed; the new token expires at %s", self.server.name, new.expires_at)
         except oauth.GrantEndedError as exc:
             self._tokens = None
-            self._last_error = f"grant ended: {exc.message}"
+            self._note_error("grant_ended", f"grant ended: {exc.message}")
             if exc.client_rejected:
                 self._registrations.pop(tokens.issuer, None)
             await self._save()
@@ -488,7 +495,8 @@ class OAuthActor:
             retry_after = exc.retry_after if isinstance(exc, oauth.TransientError) else None
             delay = backoff_delay(self._failures, jitter=self._ctx.jitter(), retry_after=retry_after)
             self._retry_at = self._ctx.clock() + delay
-            self._last_error = f"{type(exc).__name__}: {exc.message}"
+            kind = "transient" if isinstance(exc, oauth.TransientError) else "refused"
+            self._note_error(kind, f"{type(exc).__name__}: {exc.message}")
             log.warning(
                 "%s: refresh failed (attempt %d), keeping the grant, retrying in %.0f s: %s",
                 self.server.name,
@@ -549,7 +557,8 @@ class OAuthActor:
         if what in ("client", "all") and self._registrations:
             self._registrations = {}
             forgot.append("client")
-        self._failures, self._retry_at, self._last_error = 0, None, None
+        self._failures, self._retry_at = 0, None
+        self._note_error(None, None)
         self._plan()
         await self._save()
         log.info("%s: invalidated %s (%s)", self.server.name, what, ", ".join(forgot) or "nothing held")
@@ -624,7 +633,7 @@ class OAuthActor:
             async with self._ctx.hub.listener(port=port) as listener:
                 self._tokens = await self._authorize(login, listener)
                 self._last_refresh = self._ctx.clock()
-                self._last_error = None
+                self._note_error(None, None)
                 self._failures, self._retry_at = 0, None
                 self._last_login_error = None
                 await self._save()
@@ -636,7 +645,7 @@ class OAuthActor:
                 f"{self.server.name}: login failed: {exc.message}",
                 exc.hint or f"ncp-broker login {self.server.name}",
             )
-            self._last_error = f"login failed: {exc.message}"
+            self._note_error("login_failed", f"login failed: {exc.message}")
             log.warning("%s: login failed: %s", self.server.name, exc.message)
         except Exception:
             log.exception("%s: login crashed", self.server.name)
@@ -744,7 +753,11 @@ class OAuthActor:
 
     def status(self) -> dict[str, Any]:
         now = self._ctx.clock()
-        info: dict[str, Any] = {"last_refresh": self._last_refresh, "last_error": self._last_error}
+        info: dict[str, Any] = {
+            "last_refresh": self._last_refresh,
+            "last_error": self._last_error,
+            "last_error_class": self._last_error_class,
+        }
         tokens = self._tokens
         if self._login is not None:
             state, detail = "login_pending", f"login pending since {time.ctime(self._login.started_at)}"

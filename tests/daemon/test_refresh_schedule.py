@@ -214,6 +214,7 @@ async def test_outage_keeps_grant_serves_valid_token_then_as_unreachable_then_re
     assert endpoint.refresh_times[1] == pytest.approx(47.0)
     assert (await actor.get_token(0)).token == Secret("at-0")  # still valid: served
     assert actor.status()["state"] == "as_unreachable"
+    assert actor.status()["last_error_class"] == "transient"
     await trio.sleep(20)  # now expired
     start = trio.current_time()
     with pytest.raises(WireError) as err:
@@ -244,6 +245,7 @@ async def test_full_disk_keeps_rotated_tokens_in_memory_reports_degraded_and_rec
     status = actor.status()
     assert status["state"] == "degraded"
     assert "No space left on device" in status["last_error"]
+    assert status["last_error_class"] == "store_write"
     saved = store.records[URL].tokens
     assert saved is not None
     assert saved.refresh_token == Secret("rt-0")  # the disk still has the old one

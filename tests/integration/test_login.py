@@ -124,6 +124,9 @@ def test_login_then_token_then_refresh_then_restart(
         )  # on demand and proactive; exact counts: test_refresh.py
         status = json.loads(env.run("ncp-broker", "status", "--json").stdout)
         assert status["servers"][0]["state"] == "valid"
+        human = env.run("ncp-broker", "status").stdout
+        for line in ("expires", "last refresh", "next refresh"):  # rule 7: what a person needs to see
+            assert f"\n  {line} " in human, human
         text = daemon.log_text() + json.dumps(status)
         for secret in (token, second, third.stdout.strip()):
             assert secret not in text
