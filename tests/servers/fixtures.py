@@ -107,6 +107,12 @@ def chromium_available() -> bool:
 # Processes
 
 
+class _NotReady(Exception):
+    def __init__(self, message: str, *, was_running: bool) -> None:
+        super().__init__(message)
+        self.was_running = was_running
+
+
 class ServerProcess:
     """A server process that prints one JSON line on stdout when ready.
 
@@ -131,11 +137,28 @@ class ServerProcess:
         return self._popen is not None and self._popen.poll() is None
 
     def start(self, argv: Sequence[str] | None = None, timeout: float = READY_TIMEOUT) -> dict[str, Any]:
-        """Start (again) and return the ready line; RuntimeError with the stderr tail if it never comes."""
+        """Start (again) and return the ready line; RuntimeError with the stderr tail if it never comes.
+
+        A process that is still running but silent at the deadline is stopped and started once more:
+        rarely (seen twice in two days of test runs; cause not found) oidc_server.mjs hangs before
+        printing its ready line while other test processes load the machine.
+        """
         if self.running:
             raise RuntimeError(f"{self.name} is already running (pid {self.pid})")
         if argv is not None:
             self.argv = list(argv)
+        try:
+            return self._start_once(timeout)
+        except _NotReady as exc:
+            if not exc.was_running:
+                raise RuntimeError(str(exc)) from None
+            print(f"{exc}\n(starting {self.name} once more)", file=sys.stderr)
+            try:
+                return self._start_once(timeout)
+            except _NotReady as again:
+                raise RuntimeError(str(again)) from None
+
+    def _start_once(self, timeout: float) -> dict[str, Any]:
         offset = self.stdout_path.stat().st_size if self.stdout_path.exists() else 0
         with open(self.stdout_path, "ab") as out, open(self.stderr_path, "ab") as err:
             self._popen = subprocess.Popen(
@@ -159,9 +182,10 @@ class ServerProcess:
             time.sleep(0.05)
         code = self._popen.poll()
         self.stop()
-        raise RuntimeError(
+        raise _NotReady(
             f"{self.name} did not become ready within {timeout}s (exit code {code}); stderr tail:\n"
-            f"{self.stderr_tail()}"
+            f"{self.stderr_tail()}",
+            was_running=code is None,
         )
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> None:
