@@ -678,6 +678,8 @@ class OAuthActor:
         scopes = login.scopes or oauth.select_scopes(discovery, self._settings.scopes)
         key = frozenset(scopes or ())
         self._authorizations[key] = self._authorizations.get(key, 0) + 1
+        if login.mode != "device":
+            oauth.require_s256(discovery)  # before registering: no client at a server we will not use (A1)
         registration = self._registrations.get(discovery.issuer)
         if registration is None or _must_register(registration, scopes):
             registration = await self._drive(
