@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import httpx
 import httpx2
 import pytest
 from mcp import Client
@@ -23,6 +24,7 @@ from mcp.client.streamable_http import streamable_http_client
 import ncp_client
 from tests.conftest import Daemon, Env, start_daemon
 from tests.integration.test_login import log_in, serve
+from tests.servers.helpers import McpSession
 
 if TYPE_CHECKING:
     from tests.servers.fixtures import (
@@ -114,6 +116,24 @@ def test_step_up_reauthorizes_with_the_union_of_scopes(
     assert oidc.stats()["authorizations"] == 2
     assert mcp.stats()["step_up_refusals"] >= 1
     assert call_tool(env, mcp.url, "echo") == "hi"  # the held scopes still work
+    assert oidc.stats()["authorizations"] == 2
+
+
+def test_step_up_through_the_sync_httpx_auth(
+    env: Env,
+    servers: tuple[OidcServer, McpServer],
+    browser_env: BrowserEnvFactory,
+    browsing_daemon: Daemon,
+) -> None:
+    """A9 with `BrokerAuth` on a synchronous `httpx.Client`: the same flow as the async one."""
+    oidc, mcp = servers
+    serve(env, mcp)
+    log_in(env, browser_env)
+    with httpx.Client(auth=ncp_client.BrokerAuth("srv", socket_path=env.socket), timeout=30) as http:
+        session = McpSession(http, mcp.url, None)
+        session.initialize()
+        result = session.call_tool("admin_action")
+    assert result["content"][0]["text"] == "admin action done"
     assert oidc.stats()["authorizations"] == 2
 
 
