@@ -66,8 +66,14 @@ def _detect(injected: KeyringBackend | None, timeout: float) -> tuple[KeyringBac
             backend = injected
         else:
             import keyring
+            from keyring.backends import fail
 
-            backend = keyring.get_keyring()
+            try:
+                backend = keyring.get_keyring()
+            except Exception as exc:  # noqa: BLE001 - e.g. $PYTHON_KEYRING_BACKEND names one that raises
+                why = f"keyring backend detection failed ({type(exc).__name__}: {exc})"
+                outcome.append((fail.Keyring(), False, why))  # type: ignore[no-untyped-call]
+                return
         outcome.append((backend, *_assess(backend)))
 
     worker = threading.Thread(target=detect, name="ncp-broker keyring detection", daemon=True)
