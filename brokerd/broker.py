@@ -16,7 +16,7 @@ from typing import Any
 
 import trio
 
-from brokerd import __version__, config, wire
+from brokerd import __version__, config, ncp_import, wire
 from brokerd.actors import Actor, BearerActor, make_actor
 from brokerd.grant import OAuthActor, OAuthContext
 from brokerd.store import Store
@@ -173,10 +173,38 @@ class Broker:
                     return {"forgot": ["tokens"] if result["had_grant"] else [], "saved": True}
                 held = "client registration" if what == "client" else "credentials"
                 raise wire.WireError("not_brokered", f"{name} holds no {held} to invalidate")
+            case wire.ImportNcp(directory=directory, replace=replace):
+                return await self.import_ncp(Path(directory), replace=replace)
             case wire.Shutdown():
                 self.shutdown_requested.set()
                 return {"stopping": True}
         raise AssertionError(f"unhandled request {type(req).__name__}")  # pragma: no cover
+
+    async def import_ncp(self, directory: Path, *, replace: bool) -> dict[str, Any]:
+        """``ncp-broker import-ncp``: read NCP's files, then hand each matched grant to its server's actor
+        (one writer per grant). Files that match no configured OAuth server are listed, never guessed."""
+        if not directory.is_absolute():
+            raise wire.WireError("bad_request", f"import_ncp needs an absolute directory, not {directory}")
+        try:
+            plan = await trio.to_thread.run_sync(
+                lambda: ncp_import.scan(directory, self.config.servers, now=self.clock())
+            )
+        except ncp_import.NcpImportError as exc:
+            raise wire.WireError("bad_request", str(exc), "ncp-broker import-ncp DIRECTORY") from None
+        results = []
+        for item in plan.items:
+            actor = self.actors.get(item.server)
+            if isinstance(actor, OAuthActor):  # the scan matched only OAuth servers; the actor may differ
+                results.append(await actor.import_grant(item, replace=replace))
+        return {
+            "directory": str(plan.auth_dir),
+            "imported": results,
+            "skipped": [
+                {"file": str(s.path), "kind": s.kind, "reason": s.reason, "server": s.server}
+                for s in plan.skipped
+            ],
+            "not_found": list(plan.not_found),
+        }
 
     def _oauth_actor(self, name: str) -> OAuthActor:
         actor = self._actor(name)

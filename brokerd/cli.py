@@ -411,6 +411,39 @@ def cmd_invalidate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_import_ncp(args: argparse.Namespace) -> int:
+    from brokerd.ncp_import import default_auth_dir
+
+    directory = (args.directory or default_auth_dir(Path.home())).expanduser().resolve()
+    if _running(args) is None:
+        raise CliError(
+            "import-ncp hands each grant to the running daemon (it discovers where to refresh it)\n"
+            "  start it with: ncp-broker start",
+            EXIT_NOT_RUNNING,
+        )
+    request = {"op": "import_ncp", "directory": str(directory), "replace": args.replace}
+    result = _call(args, request, timeout=300)
+    failed = 0
+    for item in result["imported"]:
+        failed += item["outcome"] == "failed"
+        print(f"{item['server']}: {item['outcome']}: {item['detail']}  ({item['file']})")
+        for note in item.get("notes", []):
+            print(f"  note: {note}")
+    for skipped in result["skipped"]:
+        who = f" [{skipped['server']}]" if skipped.get("server") else ""
+        print(f"skipped {skipped['file']}{who}: {skipped['kind']}: {skipped['reason']}")
+    for name in result["not_found"]:
+        print(f"{name}: NCP has no file for it in {result['directory']}")
+    if any(item["outcome"] == "imported" for item in result["imported"]):
+        print(
+            "\nNCP must not use these grants any more (a refresh token spent by two programs ends the grant):"
+            "\npoint NCP at the broker, or move its files aside."
+        )
+    if not result["imported"] and not result["skipped"]:
+        print(f"nothing to import from {result['directory']}")
+    return 1 if failed else EXIT_OK
+
+
 def _invalidate_offline(cfg: config.Config, url: str, what: str) -> list[str]:
     """``invalidate`` on the store itself, when no daemon owns it."""
     import msgspec
@@ -575,6 +608,17 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("name")
     s.add_argument("--what", required=True, choices=["tokens", "client", "all"], help="what to forget")
     s.set_defaults(func=cmd_invalidate)
+
+    s = sub.add_parser(
+        "import-ncp",
+        help="take over NCP's OAuth grants (~/.ncp/auth) for the configured servers",
+        description="Read NCP's per-server OAuth files and hand each grant that matches a configured server "
+        "to the running daemon, which binds it to the authorization server discovery finds and refreshes "
+        "it once. Files that match no configured server are listed, not guessed. NCP's files are only read.",
+    )
+    s.add_argument("directory", nargs="?", type=Path, help="NCP's auth directory (default: ~/.ncp/auth)")
+    s.add_argument("--replace", action="store_true", help="replace grants the broker holds already")
+    s.set_defaults(func=cmd_import_ncp)
 
     s = sub.add_parser("remove", help="log out of a server and delete it from the config")
     s.add_argument("name")

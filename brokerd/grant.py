@@ -30,11 +30,13 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
+from urllib.parse import urlsplit
 
 import httpx
+import msgspec
 import trio
 
-from brokerd import oauth
+from brokerd import ncp_import, oauth
 from brokerd.actors import TokenAnswer
 from brokerd.browser import open_browser as open_browser_
 from brokerd.callback import LOGIN_TIMEOUT, CallbackHub, CallbackListener
@@ -194,15 +196,26 @@ def _registration(issuer: str, r: RegistrationRecord) -> oauth.Registration | No
     )
 
 
-def _must_register(registration: oauth.Registration, scopes: tuple[str, ...] | None) -> bool:
+def _must_register(
+    registration: oauth.Registration, scopes: tuple[str, ...] | None, redirect_uri: str
+) -> bool:
     """Whether a login must register again: a configured client (its record is rebuilt from the config
-    every time), or a dynamic registration whose ``scope`` (what the client may ask for, RFC 7591 §2)
-    lacks some of ``scopes``, which the server would refuse (A9)."""
+    every time); a dynamic registration whose ``scope`` (what the client may ask for, RFC 7591 §2) lacks
+    some of ``scopes``, which the server would refuse (A9); or one with no redirect URI like this login's
+    (an imported NCP client is registered for ``localhost``; the port of a loopback URI may vary, RFC 8252
+    §7.3)."""
     if registration.source == "preregistered":
         return True
-    if registration.source != "dynamic" or registration.scope is None:
+    if registration.source != "dynamic":
         return False
-    return not set(scopes or ()) <= set(registration.scope.split())
+    if registration.scope is not None and not set(scopes or ()) <= set(registration.scope.split()):
+        return True
+    return not any(_same_but_port(uri, redirect_uri) for uri in registration.redirect_uris)
+
+
+def _same_but_port(a: str, b: str) -> bool:
+    x, y = urlsplit(a), urlsplit(b)
+    return (x.scheme, x.hostname, x.path) == (y.scheme, y.hostname, y.path)
 
 
 # ---- the actor ------------------------------------------------------------------------------------
@@ -325,15 +338,17 @@ class OAuthActor:
         with contextlib.suppress(WireError):
             await self._refresh_once(tokens)
 
-    async def _save(self) -> None:
-        """Write the whole grant; on failure keep it in memory and report ``degraded`` (rule 3)."""
-        record = ServerRecord(
+    def _record(self) -> ServerRecord:
+        return ServerRecord(
             server_url=self._url,
             tokens=_token_record(self._tokens) if self._tokens is not None else None,
             registrations={i: _registration_record(r) for i, r in self._registrations.items()},
         )
+
+    async def _save(self) -> None:
+        """Write the whole grant; on failure keep it in memory and report ``degraded`` (rule 3)."""
         try:
-            await self._store.save(record)
+            await self._store.save(self._record())
         except StoreError as exc:
             self._unsaved = True
             self._note_error("store_write", f"could not save credentials: {exc}")
@@ -564,6 +579,45 @@ class OAuthActor:
         log.info("%s: invalidated %s (%s)", self.server.name, what, ", ".join(forgot) or "nothing held")
         return {"forgot": forgot, "saved": not self._unsaved}
 
+    async def import_grant(self, item: ncp_import.ImportItem, *, replace: bool) -> dict[str, Any]:
+        """Take over NCP's grant for this server (``ncp-broker import-ncp``): bind it to the authorization
+        server that discovery finds now, store it, and refresh once to prove it (see brokerd/ncp_import.py).
+        Never raises for the item's own problems: the answer says what happened."""
+        await self._load()
+        answer: dict[str, Any] = {
+            "server": self.server.name,
+            "file": str(item.path),
+            "notes": list(item.notes),
+        }
+        if self._tokens is not None and not replace:
+            return answer | {"outcome": "kept", "detail": "the broker holds a grant already (--replace)"}
+        try:
+            discovery = await self._discover()
+            existing = self._record()
+            record = item.to_record(discovery, existing=msgspec.structs.replace(existing, tokens=None))
+        except (oauth.OAuthError, ncp_import.ImportBindError) as exc:
+            return answer | {"outcome": "failed", "detail": str(exc)}
+        assert record.tokens is not None
+        self._tokens = _token_set(record.tokens)
+        for issuer, reg in record.registrations.items():
+            if (registration := _registration(issuer, reg)) is not None:
+                self._registrations[issuer] = registration
+        self._failures, self._retry_at = 0, None
+        self._note_error(None, None)
+        self._plan()
+        await self._save()
+        log.info(
+            "%s: imported NCP's grant from %s (issuer %s)", self.server.name, item.path, discovery.issuer
+        )
+        tokens = self._tokens
+        if tokens is None or tokens.refresh_token is None:
+            return answer | {"outcome": "imported", "detail": "no refresh token: a login follows its expiry"}
+        try:
+            await self._refresh_once(tokens)
+        except WireError as exc:
+            return answer | {"outcome": "imported", "detail": f"but the first refresh failed: {exc.message}"}
+        return answer | {"outcome": "imported", "detail": f"refreshed at {discovery.issuer}"}
+
     # ---- login ------------------------------------------------------------------------------------
 
     async def login(
@@ -655,7 +709,8 @@ class OAuthActor:
             login.url_known.set()
             login.done.set()
 
-    async def _authorize(self, login: _Login, listener: CallbackListener) -> oauth.TokenSet:
+    async def _discover(self) -> oauth.Discovery:
+        """Discovery as a client meets the server: probe it without a token, follow the 401's challenge."""
         ctx = self._ctx
         probe = await send(
             ctx.http,
@@ -672,16 +727,18 @@ class OAuthActor:
         challenge = None
         if isinstance(probe, oauth.HttpResponse):
             challenge = oauth.bearer_challenge(probe.header_values("www-authenticate"))
-        discovery = await self._drive(
-            oauth.discover(self._url, policy=self._policy, challenge=challenge),
-        )
+        return await self._drive(oauth.discover(self._url, policy=self._policy, challenge=challenge))
+
+    async def _authorize(self, login: _Login, listener: CallbackListener) -> oauth.TokenSet:
+        ctx = self._ctx
+        discovery = await self._discover()
         scopes = login.scopes or oauth.select_scopes(discovery, self._settings.scopes)
         key = frozenset(scopes or ())
         self._authorizations[key] = self._authorizations.get(key, 0) + 1
         if login.mode != "device":
             oauth.require_s256(discovery)  # before registering: no client at a server we will not use (A1)
         registration = self._registrations.get(discovery.issuer)
-        if registration is None or _must_register(registration, scopes):
+        if registration is None or _must_register(registration, scopes, listener.redirect_uri):
             registration = await self._drive(
                 oauth.register(
                     discovery,

@@ -29,6 +29,7 @@ __all__ = [
     "ErrorCode",
     "GetToken",
     "Hello",
+    "ImportNcp",
     "Invalidate",
     "ListServers",
     "Login",
@@ -182,6 +183,14 @@ class Invalidate(_Base, tag="invalidate"):
     what: Literal["tokens", "client", "all"]
 
 
+class ImportNcp(_Base, tag="import_ncp"):
+    """Take over NCP's grants from its per-server files in ``directory`` (an absolute path, NCP's
+    ``~/.ncp/auth``); a server that has a grant already keeps it unless ``replace``."""
+
+    directory: str
+    replace: bool = False
+
+
 class Shutdown(_Base, tag="shutdown"):
     """Stop the daemon after answering."""
 
@@ -200,6 +209,7 @@ Request = (
     | LoginComplete
     | Logout
     | Invalidate
+    | ImportNcp
     | Shutdown
 )
 
