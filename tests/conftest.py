@@ -1,9 +1,16 @@
-"""Shared fixtures: an isolated per-test environment and a real daemon started by PID."""
+"""Shared fixtures: an isolated per-test environment and a real daemon started by PID.
+
+Every daemon logs at debug level. Its logs and the output of every ``Env.run`` are kept for the session's
+secret scan (tests/secret_scan.py): at the end of the run, none of them may hold a secret issued or
+configured during it.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -16,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests import secret_scan
 
 # Real authorization server, MCP server and browser drivers for integration tests (tests/servers/).
 pytest_plugins = ["tests.servers.fixtures"]
@@ -33,9 +42,14 @@ class Env:
     data: Path
     state: Path
     vars: dict[str, str] = field(default_factory=dict)
+    #: Where run() output and, at the end, the logs are kept for the secret scan (None: not kept).
+    outputs: Path | None = None
 
     def write_config(self, servers: dict[str, Any], **top: Any) -> None:
-        self.config.write_text(json.dumps({"mcpServers": servers, **top}, indent=2))
+        doc = {"mcpServers": servers, **top}
+        for kind, value in secret_scan.json_secrets(doc):
+            secret_scan.record_secret(kind, value)
+        self.config.write_text(json.dumps(doc, indent=2))
         self.config.chmod(0o600)
 
     def run(
@@ -47,7 +61,10 @@ class Env:
     ) -> subprocess.CompletedProcess[str]:
         """Run ``ncp-broker`` or ``ncp-token`` (argv[0]) as a user would, in this environment."""
         module = {"ncp-broker": "brokerd", "ncp-token": "ncp_client._cli"}[argv[0]]
-        return subprocess.run(
+        for flag, kind in (("--access-key", "access_key"), ("--client-secret", "client_secret")):
+            if flag in argv[:-1] and argv[argv.index(flag) + 1] == "-":  # the secret comes on stdin
+                secret_scan.record_secret(kind, input)
+        done = subprocess.run(
             [sys.executable, "-m", module, *argv[1:]],
             input=input if input is not None else "",
             capture_output=True,
@@ -56,10 +73,55 @@ class Env:
             timeout=timeout,
             check=False,
         )
+        if self.outputs is not None:
+            # ncp-token's standard output is the token: the one place it belongs.
+            stdout = "" if argv[0] == "ncp-token" else done.stdout
+            self.outputs.mkdir(parents=True, exist_ok=True)
+            with (self.outputs / "cli-output.txt").open("a") as out:
+                out.write(f"--- {' '.join(argv[:2])} (exit {done.returncode})\n{stdout}{done.stderr}")
+        return done
+
+    def keep_for_secret_scan(self) -> None:
+        """Copy this installation's logs for the session's secret scan; note the secrets in its files."""
+        if self.outputs is None:
+            return
+        self.outputs.mkdir(parents=True, exist_ok=True)
+        for folder, _, names in os.walk(self.root):
+            for name in names:
+                path = Path(folder, name)
+                if name.endswith(".log"):
+                    with contextlib.suppress(OSError):
+                        shutil.copyfile(path, self.outputs / "_".join(path.relative_to(self.root).parts))
+                elif path == self.config or (name.endswith(".json") and Path(folder) == self.data):
+                    with contextlib.suppress(OSError, ValueError):
+                        for kind, value in secret_scan.json_secrets(json.loads(path.read_text())):
+                            secret_scan.record_secret(kind, value)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def secret_hygiene() -> Iterator[None]:
+    """Issue 5: no secret issued or configured during the run appears in a daemon log or a CLI output.
+
+    $NCP_TEST_SECRETS_DIR is where oidc_server.mjs and the tests record secrets and where Env keeps its
+    outputs (tests/secret_scan.py); at the end, the outputs are searched for the secrets. The directory is
+    kept when a leak is found.
+    """
+    directory = Path(tempfile.mkdtemp(prefix="ncpb-secrets-"))
+    os.environ[secret_scan.SECRETS_DIR_VAR] = str(directory)
+    try:
+        yield
+    finally:
+        del os.environ[secret_scan.SECRETS_DIR_VAR]
+    if leaks := secret_scan.scan_session(directory):
+        where = directory / secret_scan.OUTPUTS
+        pytest.fail(
+            f"whole-session scan: {secret_scan.report(leaks)}\n(outputs kept in {where})", pytrace=False
+        )
+    shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture
-def env() -> Iterator[Env]:
+def env(request: pytest.FixtureRequest) -> Iterator[Env]:
     # Unix socket paths are limited to ~107 bytes, and pytest's tmp_path is long: use a short root.
     root = Path(tempfile.mkdtemp(prefix="ncpb-"))
     e = Env(
@@ -78,9 +140,12 @@ def env() -> Iterator[Env]:
         "NCP_BROKER_LOG_LEVEL": "debug",
         "PYTHONDONTWRITEBYTECODE": "1",
     }
+    if (secrets := secret_scan.secrets_dir()) is not None:
+        e.outputs = secrets / secret_scan.OUTPUTS / re.sub(r"[^\w.-]+", "_", request.node.nodeid)
     try:
         yield e
     finally:
+        e.keep_for_secret_scan()
         shutil.rmtree(root, ignore_errors=True)
 
 

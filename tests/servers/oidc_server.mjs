@@ -8,11 +8,13 @@
 //        {"issuer": "http://127.0.0.1:PORT", "port": PORT, "pid": PID}
 // Everything else (events, oidc-provider's warnings) goes to stderr.
 //
-// This file never prints a token, code or secret: events are logged by name and ids only.
+// This file never prints a token, code or secret: events are logged by name and ids only. When
+// $NCP_TEST_SECRETS_DIR is set, every credential it issues (and every PKCE verifier it is shown) is appended to
+// a private file there, for the test session's secret scan (tests/secret_scan.py).
 
 import { randomBytes, generateKeyPairSync } from 'node:crypto';
 import { createServer } from 'node:http';
-import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { appendFileSync, existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 
 import Provider, { errors } from 'oidc-provider';
@@ -104,6 +106,38 @@ function shortGrantType(grantType) {
   if (grantType === DEVICE_GRANT) return 'device_code';
   return grantType || 'missing';
 }
+
+// ---------------------------------------------------------------------------------------------------------
+// Secrets for the test session's scan: one {"kind", "value"} JSON line per secret in
+// $NCP_TEST_SECRETS_DIR/issued-<pid>.jsonl (mode 0600), written before the response leaves, never to stdout
+// or stderr. The user code of the device flow is not one: it is shown to the user on purpose.
+
+const SECRETS_FILE = process.env.NCP_TEST_SECRETS_DIR
+  ? join(process.env.NCP_TEST_SECRETS_DIR, `issued-${process.pid}.jsonl`)
+  : null;
+const ISSUED_IN_BODY = [
+  'access_token', 'refresh_token', 'id_token', 'device_code', 'client_secret', 'registration_access_token',
+];
+
+function recordSecret(kind, value) {
+  if (!SECRETS_FILE || typeof value !== 'string' || value === '') return;
+  appendFileSync(SECRETS_FILE, `${JSON.stringify({ kind, value })}\n`, { mode: 0o600 });
+}
+
+// What a response hands out: tokens, device codes and client credentials in a JSON body (token, device
+// authorization and registration endpoints), the authorization code in the redirect back to the client.
+function recordIssued(ctx) {
+  const body = ctx.body;
+  if (body && typeof body === 'object' && !Buffer.isBuffer(body) && typeof body.pipe !== 'function') {
+    for (const kind of ISSUED_IN_BODY) recordSecret(kind, body[kind]);
+  }
+  const location = ctx.response.get('Location');
+  if (location && location.includes('code=')) {
+    recordSecret('authorization_code', new URL(location, 'http://invalid').searchParams.get('code'));
+  }
+}
+
+for (const client of config.clients) recordSecret('client_secret', client.client_secret);
 
 // ---------------------------------------------------------------------------------------------------------
 // Storage: oidc-provider's adapter interface over one Map, optionally snapshotted to a file so that a test
@@ -479,7 +513,9 @@ function installMiddleware(provider) {
       // oidc-provider accepts an already-read body from ctx.req.body (it warns once on stderr).
       const raw = await readRawBody(ctx.req);
       ctx.req.body = raw;
-      const grantType = shortGrantType(new URLSearchParams(raw).get('grant_type'));
+      const form = new URLSearchParams(raw);
+      recordSecret('code_verifier', form.get('code_verifier'));  // made by the client: seen only here
+      const grantType = shortGrantType(form.get('grant_type'));
       bump(stats.token_requests, grantType);
       if (switchApplies(grantType)) {
         if (tokenSwitch.mode === '503') {
@@ -506,6 +542,7 @@ function installMiddleware(provider) {
       }
     }
     await next();
+    recordIssued(ctx);
     if (endpoint === 'device_authorization' && ctx.status === 200 && config.device_poll_interval !== null
         && ctx.body && typeof ctx.body === 'object') {
       ctx.body = { ...ctx.body, interval: config.device_poll_interval };
