@@ -53,6 +53,13 @@ log = logging.getLogger("brokerd.grant")
 
 _T = TypeVar("_T")
 
+REFRESH_JOIN_WAIT = 2.0
+"""How long a request waits for a refresh before it takes the still-valid token (well under the thin
+client's 5 s timeout, and under the 10-15 s an unresponsive authorization server can take to time out)."""
+
+ON_DEMAND_RETRY = 10.0
+"""With an expired token, how often requests may retry a failed refresh ahead of the backoff timer."""
+
 
 class Scheduler:
     """Proactive refresh: one task sleeps until the earliest deadline of any actor (no polling).
@@ -253,6 +260,8 @@ class OAuthActor:
         self._last_error_class: str | None = None  # transient, refused, grant_ended, login_failed, ...
         self._failures = 0  # transient refresh failures in a row
         self._retry_at: float | None = None
+        self._retry_after_given = False  # the last failure's Retry-After set _retry_at: honour it exactly
+        self._last_attempt: float | None = None  # when the last refresh started
         self._planned_at: float | None = None
         self._closed = False
         self._last_login_error: WireError | None = None
@@ -376,6 +385,12 @@ class OAuthActor:
     # ---- tokens -----------------------------------------------------------------------------------
 
     async def get_token(self, min_ttl: float) -> TokenAnswer:
+        """A token with ``min_ttl`` left (capped for short-lived tokens), refreshing first if needed.
+
+        Never waits on the authorization server for long (T5): a caller waits at most
+        :data:`REFRESH_JOIN_WAIT` for a refresh, then gets the still-valid token (the refresh goes on in
+        the background) or, once it has expired, ``as_unreachable``.
+        """
         await self._load()
         if self._unsaved:
             await self._save()
@@ -388,16 +403,31 @@ class OAuthActor:
                 raise self._needs_login("not logged in")
             now = self._ctx.clock()
             expired = tokens.expires_at is not None and tokens.expires_at <= now
+            current = TokenAnswer(tokens.access_token, tokens.token_type, tokens.expires_at)
             if refreshed or is_usable(now, tokens.obtained_at, tokens.expires_at, min_ttl):
                 if expired:
                     raise self._unreachable(self._last_error or "the access token has expired")
-                return TokenAnswer(tokens.access_token, tokens.token_type, tokens.expires_at)
-            if not expired and self._retry_at is not None and now < self._retry_at:
-                return TokenAnswer(tokens.access_token, tokens.token_type, tokens.expires_at)  # still valid
-            if expired and self._retry_at is not None and now < self._retry_at:
-                raise self._unreachable(self._last_error or "the authorization server is unreachable")
-            await self._refresh_once(tokens)
-            refreshed = True
+                return current
+            if self._retry_at is not None and now < self._retry_at and self._refresh is None:
+                if not expired:
+                    return current  # backing off after a failure: the token is still valid, serve it
+                if not self._may_retry_early(now):
+                    raise self._unreachable(self._last_error or "the authorization server is unreachable")
+            with trio.move_on_after(REFRESH_JOIN_WAIT):
+                await self._refresh_once(tokens)
+                refreshed = True
+                continue
+            if expired:
+                raise self._unreachable("the authorization server is slow to answer; the refresh goes on")
+            return current
+
+    def _may_retry_early(self, now: float) -> bool:
+        """With an expired token, a request may try a refresh before the backoff timer fires, at most every
+        :data:`ON_DEMAND_RETRY` seconds, unless the server's ``Retry-After`` said when: a recovered server
+        is then used within seconds, not when a timer set during the outage (up to 5 minutes) fires."""
+        if self._retry_after_given:
+            return False
+        return self._last_attempt is None or now - self._last_attempt >= ON_DEMAND_RETRY
 
     async def token_rejected(self, token: Secret, www_authenticate: str | None = None) -> TokenAnswer:
         await self._load()
@@ -481,6 +511,7 @@ class OAuthActor:
             raise outcome.error
 
     async def _run_refresh(self, tokens: oauth.TokenSet, outcome: _Outcome) -> None:
+        self._last_attempt = self._ctx.clock()
         try:
             registration = self._registrations.get(tokens.issuer)
             if registration is None:
@@ -508,6 +539,7 @@ class OAuthActor:
             # Transient (network, 408, 429, 5xx) or a refusal that does not end the grant: keep it, back off.
             self._failures += 1
             retry_after = exc.retry_after if isinstance(exc, oauth.TransientError) else None
+            self._retry_after_given = retry_after is not None
             delay = backoff_delay(self._failures, jitter=self._ctx.jitter(), retry_after=retry_after)
             self._retry_at = self._ctx.clock() + delay
             kind = "transient" if isinstance(exc, oauth.TransientError) else "refused"

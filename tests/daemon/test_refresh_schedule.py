@@ -7,6 +7,7 @@ test is the actor and its scheduler (T3, T4, T5; DESIGN.md rules 2, 4, 7, 9).
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -19,7 +20,7 @@ import trio.testing
 
 from brokerd.callback import CallbackHub
 from brokerd.config import OAuthSettings, Server
-from brokerd.grant import OAuthActor, OAuthContext
+from brokerd.grant import ON_DEMAND_RETRY, REFRESH_JOIN_WAIT, OAuthActor, OAuthContext
 from brokerd.secret import Secret
 from brokerd.store import RegistrationRecord, ServerRecord, StoreError, StoreInfo, TokenRecord
 from brokerd.store._base import LoadReport
@@ -76,6 +77,7 @@ class TokenEndpoint:
         self.fail_next = 0
         self.revoked: list[str] = []
         self.gate: trio.Event | None = None
+        self.retry_after: str | None = "7"
 
     async def __call__(self, request: httpx.Request) -> httpx.Response:
         form = dict(httpx.QueryParams(request.content.decode()))
@@ -87,7 +89,7 @@ class TokenEndpoint:
             await self.gate.wait()
         if self.fail_next:
             self.fail_next -= 1
-            return httpx.Response(503, headers={"retry-after": "7"})
+            return httpx.Response(503, headers={"retry-after": self.retry_after} if self.retry_after else {})
         if form.get("refresh_token") != self.current:
             self.replays += 1
             return httpx.Response(400, json={"error": "invalid_grant"})
@@ -292,7 +294,9 @@ async def test_logout_racing_a_refresh_revokes_the_new_grant_and_nothing_comes_b
         endpoint.gate.set()
     assert endpoint.revoked[0] == "rt-1"  # refresh token first, and the new one
     assert logout["had_grant"] is True
-    assert answers in ([Secret("at-1")], ["needs_login"])
+    # The caller waited REFRESH_JOIN_WAIT, then took the still-valid token (or got the new one, or, had the
+    # logout finished first, needs_login): never a spent or revoked one.
+    assert answers in ([Secret("at-0")], [Secret("at-1")], ["needs_login"])
     with pytest.raises(WireError) as err:
         await actor.get_token(0)
     assert err.value.code == "needs_login"
@@ -328,3 +332,71 @@ async def test_invalidate_forgets_locally_without_revoking(
         with pytest.raises(WireError) as err:
             await actor.get_token(0)
         assert err.value.hint == "ncp-broker login s"
+
+
+async def test_a_stalled_refresh_keeps_callers_waiting_no_longer_than_the_join_wait(
+    harness: Callable[[float], tuple[OAuthActor, TokenEndpoint, MemoryStore]],
+    autojump_clock: trio.testing.MockClock,  # pytest-trio runs the test on it only if the test asks
+) -> None:
+    """T5: an authorization server that takes its time does not hold requests past REFRESH_JOIN_WAIT: the
+    still-valid token is served, and once it has expired, as_unreachable comes just as fast."""
+    actor, endpoint, _ = harness(60)
+    await actor.get_token(0)
+    endpoint.gate = trio.Event()  # the token endpoint accepts and never answers
+    await trio.sleep(45)  # the refresh at 40 s is stuck
+    start = trio.current_time()
+    assert (await actor.get_token(30)).token == Secret("at-0")  # 15 s left, less than asked: still served
+    assert trio.current_time() - start == REFRESH_JOIN_WAIT
+    await trio.sleep(20)  # expired now
+    start = trio.current_time()
+    with pytest.raises(WireError) as err:
+        await actor.get_token(0)
+    assert err.value.code == "as_unreachable"
+    assert trio.current_time() - start == REFRESH_JOIN_WAIT
+    endpoint.gate.set()  # the attempt in flight (a retry: the first one timed out) is answered
+    await trio.sleep(0.1)
+    assert (await actor.get_token(0)).token not in (Secret("at-0"), Secret("at-1"))
+    assert endpoint.replays == 0
+
+
+async def test_expired_token_retries_on_demand_ahead_of_a_long_backoff(
+    harness: Callable[[float], tuple[OAuthActor, TokenEndpoint, MemoryStore]],
+    autojump_clock: trio.testing.MockClock,  # pytest-trio runs the test on it only if the test asks
+) -> None:
+    """T5: after a long outage the backoff timer may be minutes away; a request for an expired token tries
+    again itself (at most every ON_DEMAND_RETRY s), so a recovered server is used at once. A server that
+    said Retry-After is left alone until then."""
+    actor, endpoint, _ = harness(60)
+    actor._ctx.jitter = lambda: 1.0  # backoff at the top of its range, to reach the 5-minute cap quickly
+    await actor.get_token(0)
+    endpoint.retry_after = None
+    endpoint.fail_next = 10_000
+    await trio.sleep(900)  # 15 minutes of failures: the backoff is at its 5-minute cap
+    status = actor.status()
+    assert status["retry_at"] - trio.current_time() > 60
+    attempts = len(endpoint.refresh_times)
+    endpoint.fail_next = 0  # the server is back
+    with contextlib.suppress(WireError):
+        await actor.get_token(0)  # within ON_DEMAND_RETRY of the last attempt? then as_unreachable
+    await trio.sleep(ON_DEMAND_RETRY)
+    assert (await actor.get_token(0)).token.reveal().startswith("at-")
+    assert len(endpoint.refresh_times) <= attempts + 2  # one or two tries, not one per request
+    assert actor.status()["state"] == "valid"
+
+
+async def test_retry_after_is_honoured_even_for_an_expired_token(
+    harness: Callable[[float], tuple[OAuthActor, TokenEndpoint, MemoryStore]],
+    autojump_clock: trio.testing.MockClock,  # pytest-trio runs the test on it only if the test asks
+) -> None:
+    """T5: when the server said Retry-After, requests do not retry before it, whatever ON_DEMAND_RETRY."""
+    actor, endpoint, _ = harness(10)
+    await actor.get_token(0)
+    endpoint.retry_after = "120"
+    endpoint.fail_next = 1
+    await trio.sleep(20)  # failed at ~6.7 s with Retry-After 120; the token expired at 10 s
+    attempts = len(endpoint.refresh_times)
+    for _ in range(5):
+        with pytest.raises(WireError):
+            await actor.get_token(0)
+        await trio.sleep(ON_DEMAND_RETRY)
+    assert len(endpoint.refresh_times) == attempts
