@@ -149,8 +149,8 @@ class Broker:
                     )
                 await actor.set_key(key)
                 return {"stored": True}
-            case wire.Login(server=name, mode=mode, open_browser=open_browser):
-                return await self._oauth_actor(name).login(mode, open_browser=open_browser)
+            case wire.Login(server=name, mode=mode, open_browser=opens, will_open=will_open):
+                return await self._oauth_actor(name).login(mode, open_browser=opens, will_open=will_open)
             case wire.LoginWait(server=name):
                 answer = await self._oauth_actor(name).login_wait()
                 return answer.as_result(self.clock())

@@ -351,7 +351,8 @@ LOGIN_WAIT = 330.0  # the daemon gives up on a login after 5 minutes; wait a lit
 
 def cmd_login(args: argparse.Namespace) -> int:
     mode = "device" if args.device else "paste" if args.no_browser else "browser"
-    started = _call(args, {"op": "login", "server": args.name, "mode": mode}, timeout=90)
+    request = {"op": "login", "server": args.name, "mode": mode, "will_open": mode == "browser"}
+    started = _call(args, request, timeout=90)
     url = str(started["url"])
     if started.get("joined"):
         print(f"a login for {args.name} is already in progress; joining it")
@@ -360,7 +361,9 @@ def cmd_login(args: argparse.Namespace) -> int:
         print("waiting for you to approve…")
         result = _call(args, {"op": "login_wait", "server": args.name}, timeout=LOGIN_WAIT)
     elif mode == "browser":
-        if _open_browser(url):
+        if started.get("opened_elsewhere"):
+            print(f"the browser was opened for it already; finish there, or open:\n\n  {url}\n")
+        elif _open_browser(url):
             print(f"opened your browser to log in to {args.name}; if nothing appeared, open:\n\n  {url}\n")
         else:
             print(f"open this URL in a browser to log in to {args.name}:\n\n  {url}\n")

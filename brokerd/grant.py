@@ -42,7 +42,7 @@ from brokerd.browser import open_browser as open_browser_
 from brokerd.callback import LOGIN_TIMEOUT, CallbackHub, CallbackListener
 from brokerd.config import Server
 from brokerd.oauth_driver import drive, send
-from brokerd.schedule import Schedule, backoff_delay, is_usable, refresh_at
+from brokerd.schedule import EXPIRY_SKEW, Schedule, backoff_delay, is_usable, refresh_at
 from brokerd.secret import Secret
 from brokerd.store import RegistrationRecord, ServerRecord, Store, StoreError, TokenRecord
 from brokerd.wire import WireError
@@ -125,6 +125,7 @@ class _Login(_Outcome):
     url_known: trio.Event = field(default_factory=trio.Event)
     pasted: trio.MemorySendChannel[str] | None = None
     scopes: tuple[str, ...] | None = None  # a step-up's scopes; None: choose them by discovery (A2)
+    opened: bool = False  # a browser was opened on the URL (by the daemon, or by the CLI that asked)
 
 
 # ---- persistence: the core's records <-> the store's ----------------------------------------------
@@ -260,7 +261,7 @@ class OAuthActor:
         self._last_error_class: str | None = None  # transient, refused, grant_ended, login_failed, ...
         self._failures = 0  # transient refresh failures in a row
         self._retry_at: float | None = None
-        self._retry_after_given = False  # the last failure's Retry-After set _retry_at: honour it exactly
+        self._retry_not_before: float | None = None  # the last failure's Retry-After, as a time
         self._last_attempt: float | None = None  # when the last refresh started
         self._planned_at: float | None = None
         self._closed = False
@@ -347,17 +348,18 @@ class OAuthActor:
         with contextlib.suppress(WireError):
             await self._refresh_once(tokens)
 
-    def _record(self) -> ServerRecord:
+    def _record(self, tokens: oauth.TokenSet | None) -> ServerRecord:
         return ServerRecord(
             server_url=self._url,
-            tokens=_token_record(self._tokens) if self._tokens is not None else None,
+            tokens=_token_record(tokens) if tokens is not None else None,
             registrations={i: _registration_record(r) for i, r in self._registrations.items()},
         )
 
-    async def _save(self) -> None:
-        """Write the whole grant; on failure keep it in memory and report ``degraded`` (rule 3)."""
+    async def _save(self, new_tokens: oauth.TokenSet | None = None) -> None:
+        """Write the whole grant, with ``new_tokens`` in place of the held tokens if given; on failure keep
+        it in memory and report ``degraded`` (rule 3)."""
         try:
-            await self._store.save(self._record())
+            await self._store.save(self._record(new_tokens or self._tokens))
         except StoreError as exc:
             self._unsaved = True
             self._note_error("store_write", f"could not save credentials: {exc}")
@@ -413,11 +415,14 @@ class OAuthActor:
                     return current  # backing off after a failure: the token is still valid, serve it
                 if not self._may_retry_early(now):
                     raise self._unreachable(self._last_error or "the authorization server is unreachable")
-            with trio.move_on_after(REFRESH_JOIN_WAIT):
+            wait = REFRESH_JOIN_WAIT
+            if not expired and tokens.expires_at is not None:  # never wait the valid token away
+                wait = min(wait, max(0.0, tokens.expires_at - now - EXPIRY_SKEW))
+            with trio.move_on_after(wait):
                 await self._refresh_once(tokens)
                 refreshed = True
                 continue
-            if expired:
+            if tokens.expires_at is not None and tokens.expires_at <= self._ctx.clock():
                 raise self._unreachable("the authorization server is slow to answer; the refresh goes on")
             return current
 
@@ -425,7 +430,7 @@ class OAuthActor:
         """With an expired token, a request may try a refresh before the backoff timer fires, at most every
         :data:`ON_DEMAND_RETRY` seconds, unless the server's ``Retry-After`` said when: a recovered server
         is then used within seconds, not when a timer set during the outage (up to 5 minutes) fires."""
-        if self._retry_after_given:
+        if self._retry_not_before is not None and now < self._retry_not_before:
             return False
         return self._last_attempt is None or now - self._last_attempt >= ON_DEMAND_RETRY
 
@@ -521,11 +526,12 @@ class OAuthActor:
             )
             if self._closed:
                 log.warning("%s: a refresh finished after a reload replaced this server", self.server.name)
+            await self._save(new)  # on disk before any caller can take its access token (rule 3)
             self._tokens = new
             self._last_refresh = self._ctx.clock()
-            self._note_error(None, None)
+            if not self._unsaved:
+                self._note_error(None, None)
             self._failures, self._retry_at = 0, None
-            await self._save()
             log.info("%s: refreshed; the new token expires at %s", self.server.name, new.expires_at)
         except oauth.GrantEndedError as exc:
             self._tokens = None
@@ -539,7 +545,7 @@ class OAuthActor:
             # Transient (network, 408, 429, 5xx) or a refusal that does not end the grant: keep it, back off.
             self._failures += 1
             retry_after = exc.retry_after if isinstance(exc, oauth.TransientError) else None
-            self._retry_after_given = retry_after is not None
+            self._retry_not_before = self._ctx.clock() + retry_after if retry_after is not None else None
             delay = backoff_delay(self._failures, jitter=self._ctx.jitter(), retry_after=retry_after)
             self._retry_at = self._ctx.clock() + delay
             kind = "transient" if isinstance(exc, oauth.TransientError) else "refused"
@@ -625,7 +631,7 @@ class OAuthActor:
             return answer | {"outcome": "kept", "detail": "the broker holds a grant already (--replace)"}
         try:
             discovery = await self._discover()
-            existing = self._record()
+            existing = self._record(self._tokens)
             record = item.to_record(discovery, existing=msgspec.structs.replace(existing, tokens=None))
         except (oauth.OAuthError, ncp_import.ImportBindError) as exc:
             return answer | {"outcome": "failed", "detail": str(exc)}
@@ -657,6 +663,7 @@ class OAuthActor:
         mode: Literal["browser", "paste", "device"],
         *,
         open_browser: bool = False,
+        will_open: bool = False,
         scopes: tuple[str, ...] | None = None,
     ) -> dict[str, Any]:
         """Start a login (or join the pending one) and return its authorization URL.
@@ -664,7 +671,8 @@ class OAuthActor:
         ``scopes`` marks a step-up (see :meth:`scope_insufficient`); any other login is a person's (or a
         host's first use) and starts the count of authorization requests afresh. With ``open_browser``
         the daemon opens the URL itself; when it cannot, the answer is ``needs_login`` and the login stays
-        pending for ``ncp-broker login`` to join.
+        pending for ``ncp-broker login`` to join. ``will_open``: the caller opens it. Either way, a login
+        that has a browser open already is not opened again (``opened_elsewhere`` in the answer).
         """
         await self._load()
         joined = self._login is not None
@@ -680,19 +688,24 @@ class OAuthActor:
             raise login.error
         if login.url is None:
             raise WireError("as_unreachable", f"{self.server.name}: the login did not start within 60 s")
-        # A joined login has its driver already; a new one asked for the browser must get it or say so.
-        opened = not open_browser or joined or mode != "browser"
-        if not opened and not await open_browser_(login.url, policy=self._policy):
-            raise WireError(
-                "needs_login",
-                f"{self.server.name}: a login is waiting at {login.url}, but the daemon could not open a "
-                "browser",
-                f"open that URL, or run: ncp-broker login {self.server.name}",
-            )
+        opened_elsewhere = joined and login.opened
+        if login.mode == "browser" and not opened_elsewhere:
+            if will_open:
+                login.opened = True  # the caller (ncp-broker login, ncp-token) opens it
+            elif open_browser and not await open_browser_(login.url, policy=self._policy):
+                raise WireError(
+                    "needs_login",
+                    f"{self.server.name}: a login is waiting at {login.url}, but the daemon could not open "
+                    "a browser",
+                    f"open that URL, or run: ncp-broker login {self.server.name}",
+                )
+            elif open_browser:
+                login.opened = True
         return {
             "url": login.url,
             "user_code": login.user_code,
             "joined": joined,
+            "opened_elsewhere": opened_elsewhere,
             "started_at": login.started_at,
         }
 
@@ -869,7 +882,10 @@ class OAuthActor:
         info["next_refresh"] = self._ctx.scheduler.next_deadline(self)
         if self._failures and self._retry_at is not None:
             info["retry_at"] = self._retry_at
-            if state == "valid":
+            if state in ("valid", "expired"):
                 state = "as_unreachable"
-                detail = f"{detail}; refresh failing, retrying at {time.ctime(self._retry_at)}"
+                detail = (
+                    f"{detail if tokens and tokens.expires_at and tokens.expires_at > now else 'expired'}; "
+                    f"refresh failing, retrying at {time.ctime(self._retry_at)}"
+                )
         return {"state": state, "detail": detail, **info}

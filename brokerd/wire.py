@@ -154,6 +154,8 @@ class Login(_Base, tag="login"):
     mode: Literal["browser", "paste", "device"] = "browser"
     open_browser: bool = False
     """The daemon opens the browser itself (for a client without a terminal, e.g. ``BrokerAuth``)."""
+    will_open: bool = False
+    """The caller opens the URL in a browser itself (``ncp-broker login``, ``ncp-token``)."""
 
 
 class LoginWait(_Base, tag="login_wait"):

@@ -115,11 +115,11 @@ def _can_log_in_here(exc: NeedsLogin, server: str) -> bool:
 
 def _interactive_login(server: str) -> object:
     sys.stderr.write(f"ncp-token: {server} needs a login; starting it\n")
-    started = call({"op": "login", "server": server, "mode": "browser"}, timeout=90)
+    started = call({"op": "login", "server": server, "mode": "browser", "will_open": True}, timeout=90)
     url = str(started.get("url", "")) if isinstance(started, dict) else ""
-    joined = isinstance(started, dict) and started.get("joined") is True
+    elsewhere = isinstance(started, dict) and started.get("opened_elsewhere") is True
     opened = False
-    if url.startswith(("https://", "http://")) and not joined:  # one browser tab, however many callers
+    if url.startswith(("https://", "http://")) and not elsewhere:  # one browser tab, however many callers
         import webbrowser
 
         try:
