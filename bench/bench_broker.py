@@ -104,25 +104,31 @@ def answers(sock: Path) -> bool:
         s.close()
 
 
-def start_daemon(root: Path, servers: int) -> tuple[Proc, dict[str, str]]:
+def start_broker(root: Path, config: dict[str, Any]) -> tuple[Proc, dict[str, str], Path]:
+    """A foreground daemon for ``config`` with every path under ``root``: (process, environment, socket)."""
     root.mkdir(parents=True, exist_ok=True)
     sock = root / "run" / "broker.sock"
-    config = root / "config.json"
-    entries = {
-        f"s{i}": {"url": f"https://mcp{i}.example.com/mcp", "auth": {"type": "bearer", "token": KEY}}
-        for i in range(max(servers, 1))
-    }
-    config.write_text(json.dumps({"mcpServers": entries, "store": "file"}))
-    config.chmod(0o600)
+    path = root / "config.json"
+    path.write_text(json.dumps(config))
+    path.chmod(0o600)
     env = {
-        **os.environ,
-        "NCP_BROKER_CONFIG": str(config),
+        **{k: v for k, v in os.environ.items() if not k.startswith("NCP_")},
+        "NCP_BROKER_CONFIG": str(path),
         "NCP_BROKER_SOCK": str(sock),
         "NCP_BROKER_DATA": str(root / "data"),
         "NCP_BROKER_STATE": str(root / "state"),
         "NCP_BROKER_LOG_LEVEL": "warning",
     }
     proc = Proc([sys.executable, "-m", "brokerd", "start", "--foreground"], env, lambda: answers(sock))
+    return proc, env, sock
+
+
+def start_daemon(root: Path, servers: int) -> tuple[Proc, dict[str, str]]:
+    entries = {
+        f"s{i}": {"url": f"https://mcp{i}.example.com/mcp", "auth": {"type": "bearer", "token": KEY}}
+        for i in range(max(servers, 1))
+    }
+    proc, env, _ = start_broker(root, {"mcpServers": entries, "store": "file"})
     return proc, env
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import bisect
-import json
 import multiprocessing
 import os
 import platform
@@ -41,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # for tests.servers and bench.bench_broker when run as a script
 
-from bench.bench_broker import Proc, answers, percentile  # noqa: E402
+from bench.bench_broker import Proc, percentile, start_broker  # noqa: E402
 
 if TYPE_CHECKING:
     from multiprocessing.queues import Queue
@@ -144,24 +143,11 @@ def start_servers(logs: Path, name: str) -> tuple[OidcServer, McpServer]:
 
 
 def start_daemon(root: Path, servers: dict[str, McpServer]) -> tuple[Proc, dict[str, str], Path]:
-    sock = root / "run" / "broker.sock"
-    config = root / "config.json"
     entries = {
         name: {"url": mcp.url, "auth": {"type": "oauth", "oauth21": {}, "allowInsecureLoopback": True}}
         for name, mcp in servers.items()
     }
-    config.write_text(json.dumps({"mcpServers": entries}))
-    config.chmod(0o600)
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("NCP_")},
-        "NCP_BROKER_CONFIG": str(config),
-        "NCP_BROKER_SOCK": str(sock),
-        "NCP_BROKER_DATA": str(root / "data"),
-        "NCP_BROKER_STATE": str(root / "state"),
-        "NCP_BROKER_LOG_LEVEL": "warning",
-    }
-    proc = Proc([sys.executable, "-m", "brokerd", "start", "--foreground"], env, lambda: answers(sock))
-    return proc, env, sock
+    return start_broker(root, {"mcpServers": entries})
 
 
 def log_in(root: Path, env: dict[str, str], name: str) -> None:
