@@ -33,7 +33,6 @@ from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
-import msgspec
 import trio
 
 from brokerd import ncp_import, oauth
@@ -631,8 +630,7 @@ class OAuthActor:
             return answer | {"outcome": "kept", "detail": "the broker holds a grant already (--replace)"}
         try:
             discovery = await self._discover()
-            existing = self._record(self._tokens)
-            record = item.to_record(discovery, existing=msgspec.structs.replace(existing, tokens=None))
+            record = item.to_record(discovery, existing=self._record(self._tokens), replace=True)
         except (oauth.OAuthError, ncp_import.ImportBindError) as exc:
             return answer | {"outcome": "failed", "detail": str(exc)}
         assert record.tokens is not None
