@@ -26,7 +26,7 @@ from brokerd.oauth._challenge import Challenge
 from brokerd.oauth._effects import Effect, Flow
 from brokerd.oauth._errors import DiscoveryError, OAuthError, PolicyError, TransientError
 from brokerd.oauth._http import Found, Missing, get_document
-from brokerd.oauth._text import untrusted
+from brokerd.oauth._text import shown_url, untrusted
 from brokerd.oauth._urls import UrlPolicy, as_metadata_urls, canonical_resource, origin, prm_urls
 
 __all__ = ["Discovery", "discover"]
@@ -160,8 +160,9 @@ def _check_resource(found: Found[_ResourceMetadata], accepted: tuple[str, ...]) 
     # D3: exact string comparison, no normalisation; a mismatch means nothing from this document is used.
     if found.document.resource not in accepted:
         raise DiscoveryError(
-            f"the protected resource metadata at {found.url} is for {untrusted(found.document.resource)!r},"
-            f" not for {accepted[0]!r}; refusing to authorize",
+            f"the protected resource metadata at {shown_url(found.url)} is for"
+            f" {shown_url(found.document.resource)!r}, not for {shown_url(accepted[0])!r};"
+            " refusing to authorize",
             hint="check the server URL in the config: it must be exactly the URL the server publishes",
         )
     return found.document

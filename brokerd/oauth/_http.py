@@ -17,7 +17,7 @@ import msgspec
 
 from brokerd.oauth._effects import Effect, HttpRequest, HttpResponse, TransportFailure, fetch
 from brokerd.oauth._errors import TransientError
-from brokerd.oauth._text import error_code, untrusted
+from brokerd.oauth._text import error_code, shown_url, untrusted
 from brokerd.oauth._urls import UrlPolicy
 from brokerd.secret import Secret
 
@@ -153,9 +153,9 @@ def get_document(
             url = policy.check(urljoin(url, location), what=f"a redirect from {what}")
             continue
         if result.status != 200:
-            return Missing(f"HTTP {result.status} at {url}")
+            return Missing(f"HTTP {result.status} at {shown_url(url)}")
         try:
             return Found(decode(result.body, type_), url)
         except (msgspec.MsgspecError, ValueError) as exc:
-            return Missing(f"not a usable document at {url} ({untrusted(str(exc), limit=120)})")
-    return Missing(f"too many redirects from {url}")
+            return Missing(f"not a usable document at {shown_url(url)} ({untrusted(str(exc), limit=120)})")
+    return Missing(f"too many redirects from {shown_url(url)}")

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import unicodedata
 from collections.abc import Iterable
+from urllib.parse import urlsplit, urlunsplit
 
 from brokerd.secret import Secret
 
-__all__ = ["error_code", "untrusted"]
+__all__ = ["error_code", "shown_url", "untrusted"]
 
 _REDACTED = "<redacted>"
 # RFC 6749 §5.2: error codes use %x20-21 / %x23-5B / %x5D-7E.
@@ -31,6 +32,20 @@ def untrusted(value: object, *, limit: int = 200, secrets: Iterable[Secret | Non
     if len(text) > limit:
         text = text[: max(limit - 1, 0)] + "…"
     return text
+
+
+def shown_url(url: object, *, limit: int = 120) -> str:
+    """``url`` for a message, without user info, query or fragment: a server URL may carry a key there
+    (``https://host/mcp?key=…``), and metadata URLs copy the server's query. A query shows as ``?…``."""
+    if not isinstance(url, str):
+        return ""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return untrusted(url.split("?", 1)[0].split("#", 1)[0].rsplit("@", 1)[-1], limit=limit)
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    text = urlunsplit((parts.scheme, netloc, parts.path, "…" if parts.query else "", ""))
+    return untrusted(text, limit=limit)
 
 
 def error_code(value: object, *, limit: int = 64) -> str | None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 from brokerd.oauth._errors import PolicyError
-from brokerd.oauth._text import untrusted
+from brokerd.oauth._text import shown_url, untrusted
 
 __all__ = [
     "UrlPolicy",
@@ -69,7 +69,7 @@ class UrlPolicy:
         Raises:
             PolicyError: the URL is refused; the message says why, the hint which setting would allow it.
         """
-        shown = untrusted(url, limit=120)
+        shown = shown_url(url)
         if not isinstance(url, str) or not url:
             raise PolicyError(f"{what} is empty")
         if any(ord(ch) <= 0x20 or ord(ch) == 0x7F for ch in url) or len(url) > 8192:

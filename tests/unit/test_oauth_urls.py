@@ -254,3 +254,19 @@ def test_redirect_uri_must_be_loopback_with_port(uri: str) -> None:
     """A6: redirect URIs off the loopback interface, without a port or with a fragment are refused."""
     with pytest.raises(PolicyError):
         check_redirect_uri(uri)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://mcp.example.com/mcp?key=sk-live-0123456789",  # plain http, a key in the query
+        "https://user:sk-live-0123456789@mcp.example.com/mcp",  # credentials in the URL
+        "https://10.0.0.5/mcp?api_key=sk-live-0123456789#frag",  # a private address
+    ],
+)
+def test_policy_error_never_shows_a_key_in_the_url(url: str) -> None:
+    """S1/S2 refusals name the URL without its user info, query or fragment: a key may sit there."""
+    with pytest.raises(PolicyError) as refused:
+        UrlPolicy().check(url, what="the MCP server URL")
+    assert "sk-live-0123456789" not in str(refused.value)
+    assert "mcp" in str(refused.value)  # still says which URL
