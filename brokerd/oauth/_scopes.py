@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-import msgspec
-
 from brokerd.oauth._challenge import bearer_challenge
 from brokerd.oauth._discovery import Discovery
 from brokerd.oauth._effects import HttpResponse
+from brokerd.oauth._http import error_fields
 
 __all__ = ["MAX_AUTHORIZATIONS", "select_scopes", "step_up_scopes"]
 
@@ -43,10 +42,6 @@ def select_scopes(discovery: Discovery, configured: Sequence[str] | None = None)
     return scopes
 
 
-class _ErrorBody(msgspec.Struct):
-    error: object = None
-
-
 def step_up_scopes(held: Iterable[str], response: HttpResponse) -> tuple[str, ...] | None:
     """The scopes to re-authorize with after ``response`` (A9), or None when it is not a step-up.
 
@@ -60,13 +55,7 @@ def step_up_scopes(held: Iterable[str], response: HttpResponse) -> tuple[str, ..
     challenge = bearer_challenge(response.header_values("www-authenticate"))
     if challenge is None or not challenge.scope:
         return None
-    error = challenge.error
-    if error is None:
-        try:
-            body_error = msgspec.json.decode(response.body, type=_ErrorBody).error
-        except msgspec.MsgspecError:
-            body_error = None
-        error = body_error if isinstance(body_error, str) else None
+    error = challenge.error or error_fields(response.body)[0]
     if error != "insufficient_scope":
         return None
     return _unique((*held, *challenge.scope))
