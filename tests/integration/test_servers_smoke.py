@@ -69,7 +69,7 @@ def _open_browser(browser: BrowserEnv, url: str) -> None:
         [browser["BROWSER"], url], env={**os.environ, **browser}, timeout=10, check=False, capture_output=True
     )
     assert done.returncode == 0, done.stderr
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 8  # returns at once (detached), well before its own 10 s timeout
 
 
 def _authorize(
