@@ -1,0 +1,121 @@
+"""``ncp-broker start``, ``stop`` and ``reload``: the daemon's life."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from typing import Any
+
+from brokerd import fsutil, paths
+from brokerd.cli._common import EXIT_OK, CliError, call, running
+
+__all__ = ["register"]
+
+START_TIMEOUT = 15.0
+STOP_TIMEOUT = 10.0
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    from brokerd import daemon
+
+    opts = daemon.DaemonOptions(config_path=args.config, socket_path=args.socket)
+    if args.foreground:
+        return daemon.run(opts)
+    if hello := running(args):
+        print(f"ncp-broker is already running (pid {hello.get('pid')}) on {args.socket}")
+        return EXIT_OK
+    return _start_background(args)
+
+
+def _start_background(args: argparse.Namespace) -> int:
+    try:
+        fsutil.ensure_private_dir(paths.state_dir())
+    except (OSError, fsutil.UnsafePathError) as exc:
+        raise CliError(f"log directory: {exc}") from None
+    log_file = paths.log_path()
+    log_fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+    os.fchmod(log_fd, 0o600)
+    read_end, write_end = os.pipe()
+    env = dict(os.environ, NCP_BROKER_READY_FD=str(write_end), NCP_BROKER_SOCK=str(args.socket))
+    cmd = [sys.executable, "-m", "brokerd", "--config", str(args.config), "--log-level", args.log_level]
+    try:
+        child = subprocess.Popen(
+            [*cmd, "start", "--foreground"],
+            stdin=subprocess.DEVNULL,
+            stdout=log_fd,
+            stderr=log_fd,
+            pass_fds=(write_end,),
+            env=env,
+            start_new_session=True,  # survives the terminal that started it
+        )
+    finally:
+        os.close(write_end)
+        os.close(log_fd)
+    answer = _read_readiness(read_end, START_TIMEOUT)
+    if answer == "ready":
+        print(f"ncp-broker started (pid {child.pid}) on {args.socket}; log: {log_file}")
+        return EXIT_OK
+    if answer.startswith("error ") and "already running" in answer:
+        print(answer[6:])
+        return EXIT_OK
+    if answer.startswith("error "):
+        raise CliError(f"ncp-broker did not start: {answer[6:]}\n  log: {log_file}")
+    status = child.poll()
+    raise CliError(
+        f"ncp-broker did not report readiness within {START_TIMEOUT:g} s "
+        f"({'still starting' if status is None else f'exit status {status}'}); see {log_file}"
+    )
+
+
+def _read_readiness(fd: int, timeout: float) -> str:
+    import selectors
+
+    deadline = time.monotonic() + timeout
+    data = b""
+    with selectors.DefaultSelector() as sel:
+        sel.register(fd, selectors.EVENT_READ)
+        try:
+            while b"\n" not in data:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not sel.select(remaining):
+                    break
+                chunk = os.read(fd, 4096)
+                if not chunk:
+                    break
+                data += chunk
+        finally:
+            os.close(fd)
+    return data.decode(errors="replace").strip()
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    hello = running(args)
+    if hello is None:
+        print(f"ncp-broker is not running on {args.socket}")
+        return EXIT_OK
+    call(args, {"op": "shutdown"})
+    deadline = time.monotonic() + STOP_TIMEOUT
+    while time.monotonic() < deadline:
+        if running(args) is None:
+            print(f"ncp-broker stopped (pid {hello.get('pid')})")
+            return EXIT_OK
+        time.sleep(0.05)
+    raise CliError(f"ncp-broker (pid {hello.get('pid')}) did not stop within {STOP_TIMEOUT:g} s")
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    summary = call(args, {"op": "reload"})
+    parts = [f"{k}: {', '.join(v)}" for k, v in summary.items() if v]
+    print("config reloaded" + (f" ({'; '.join(parts)})" if parts else ", nothing changed"))
+    return EXIT_OK
+
+
+def register(sub: Any) -> None:
+    s = sub.add_parser("start", help="start the daemon (in the background unless --foreground)")
+    s.add_argument("--foreground", action="store_true", help="stay in the foreground (for service managers)")
+    s.set_defaults(func=cmd_start)
+    sub.add_parser("stop", help="stop the daemon").set_defaults(func=cmd_stop)
+    sub.add_parser("reload", help="re-read the config (a bad file is refused)").set_defaults(func=cmd_reload)
