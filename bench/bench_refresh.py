@@ -48,7 +48,7 @@ if TYPE_CHECKING:
     from tests.servers.fixtures import McpServer, OidcServer
 
 TTL = 3  # access-token lifetime, seconds
-REFRESH_FRACTION = 2 / 3  # brokerd/schedule.py: refresh at two thirds of the issued lifetime
+REFRESH_FRACTION = 2 / 3  # brokerd/renewal.py: refresh at two thirds of the issued lifetime
 STALL = 15.0  # seconds server A's token endpoint is held in part 3
 CALL_TIMEOUT = 5.0  # the thin client's default
 LOGIN_TIMEOUT = 120.0

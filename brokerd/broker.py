@@ -1,8 +1,17 @@
 """The daemon's state and its answers to requests, independent of sockets.
 
-:class:`Broker` holds the config, one actor per server and the store. :meth:`Broker.handle` turns a decoded
+:class:`Broker` holds the config, one actor per grant and the store. :meth:`Broker.handle` turns a decoded
 request into a result (a msgspec-encodable value) or raises :class:`~brokerd.wire.WireError`. The socket
 server (``brokerd.server``) calls it once per frame; tests call it directly.
+
+Names and grants (DESIGN rule 11): config entries that name one server (one canonical URL) are aliases of
+one grant and reach one actor. Entries that name one server with different settings are all refused with
+``config_conflict``, naming the entries and the keys in which they differ; every other server works.
+
+A reload keeps every actor whose server is still configured, with its grant, its timer and any renewal in
+flight: new settings apply from the next login. An OAuth actor whose server left the config is closed (it
+starts no new exchange; one in flight finishes and is saved) and kept aside, so that should the server
+come back in a later reload, the same actor — the one writer of that grant — takes it up again.
 """
 
 from __future__ import annotations
@@ -17,13 +26,24 @@ from typing import Any
 import trio
 
 from brokerd import __version__, config, ncp_import, wire
-from brokerd.actors import Actor, BearerActor, make_actor
+from brokerd.actors import Actor, BearerActor, ConflictActor, OAuthUnavailableActor, UnbrokeredActor
 from brokerd.grant import OAuthActor, OAuthContext
+from brokerd.oauth import canonical_url
 from brokerd.store import Store
 
 __all__ = ["Broker"]
 
 log = logging.getLogger("brokerd")
+
+_STOPPING_REFUSES = (
+    wire.Login,
+    wire.LoginComplete,
+    wire.Logout,
+    wire.Invalidate,
+    wire.ImportNcp,
+    wire.SetAccessKey,
+    wire.Reload,
+)
 
 
 class Broker:
@@ -45,27 +65,54 @@ class Broker:
         self.clock = clock
         self.started_at = clock()
         self.shutdown_requested = trio.Event()
-        self.actors: dict[str, Actor] = {}
+        self.stopping = False
+        self.actors: dict[str, Actor] = {}  # by config name; aliases share one actor
+        self._grants: dict[str, Actor] = {}  # by canonical server URL
+        self._retired: dict[str, Actor] = {}  # OAuth actors whose server left the config, by URL
         self._apply(cfg)
 
     # ---- config -------------------------------------------------------------------------------------
 
+    def _make(self, server: config.Server, aliases: tuple[str, ...]) -> Actor:
+        if server.kind == "bearer":
+            return BearerActor(server, self.store, aliases)
+        if self.oauth is None:
+            return OAuthUnavailableActor(server, aliases)
+        return OAuthActor(server, self.store, self.oauth, aliases)
+
     def _apply(self, cfg: config.Config) -> None:
         actors: dict[str, Actor] = {}
+        grants: dict[str, Actor] = {}
+        for group in cfg.grants():
+            first = group.members[0]
+            if conflicts := group.conflicts:
+                actor: Actor = ConflictActor(first, group.names, conflicts)
+                log.error("%s", actor.status()["detail"])
+            else:
+                # The actor that owns this grant already, if any: live, or retired by an earlier reload.
+                candidates = (self._retired.get(group.key), self._grants.get(group.key))
+                old = next((a for a in candidates if a is not None and a.accepts(first)), None)
+                if old is not None:
+                    old.reconfigure(first, group.names)
+                    if self._retired.pop(group.key, None) is old:
+                        old.reopen()
+                    actor = old
+                else:
+                    actor = self._make(first, group.names)
+                    if self.oauth is not None:
+                        self.oauth.nursery.start_soon(actor.start)
+            grants[group.key] = actor
+            actors.update(dict.fromkeys(group.names, actor))
         for name, server in cfg.servers.items():
-            old = self.actors.get(name)
-            if old is not None and old.accepts(server):
-                actors[name] = old
-                continue
-            new = make_actor(server, self.store, self.oauth)
-            if isinstance(old, OAuthActor) and isinstance(new, OAuthActor) and old.server.url == server.url:
-                new.adopt(old)  # same grant, new settings: one writer, never two
-            actors[name] = new
-        for name, old in self.actors.items():
-            if isinstance(old, OAuthActor) and actors.get(name) is not old:
+            if name not in actors:
+                actors[name] = UnbrokeredActor(server)
+        for key, old in self._grants.items():
+            if grants.get(key) is not old and isinstance(old, OAuthActor):
                 old.close()
+                self._retired[key] = old
         self.config = cfg
         self.actors = actors
+        self._grants = grants
 
     def reload(self) -> dict[str, Any]:
         """Re-read the config file; on any error keep the running config.
@@ -83,21 +130,25 @@ class Broker:
             raise wire.WireError(
                 "config_error", f"reload refused, the running config stays: {exc}", f"fix {path}"
             ) from None
-        before = set(self.actors)
-        kept = {
-            name
-            for name, actor in self.actors.items()
-            if name in cfg.servers and actor.accepts(cfg.servers[name])
-        }
+        before = self.config.servers
         self._apply(cfg)
-        after = set(self.actors)
+        after = cfg.servers
         summary = {
-            "added": sorted(after - before),
-            "removed": sorted(before - after),
-            "changed": sorted((before & after) - kept),
+            "added": sorted(after.keys() - before.keys()),
+            "removed": sorted(before.keys() - after.keys()),
+            "changed": sorted(n for n in before.keys() & after.keys() if before[n] != after[n]),
         }
         log.info("config reloaded from %s: %s", path, summary)
         return summary
+
+    def begin_stop(self) -> None:
+        """Stop taking new exchanges: every grant is closed (what is in flight finishes), and requests that
+        would start an exchange or change a grant get ``stopping``. What is held is still served."""
+        if self.stopping:
+            return
+        self.stopping = True
+        for actor in {id(a): a for a in (*self._grants.values(), *self._retired.values())}.values():
+            actor.close()
 
     # ---- requests -----------------------------------------------------------------------------------
 
@@ -113,17 +164,20 @@ class Broker:
         return actor
 
     async def handle(self, req: wire.Request) -> Any:
+        if self.stopping and isinstance(req, _STOPPING_REFUSES):
+            raise wire.WireError(
+                "stopping",
+                "ncp-broker is stopping: it finishes what is in flight and takes nothing new",
+                "wait for it to stop, then: ncp-broker start",
+            )
         match req:
             case wire.GetToken(server=name, min_ttl=min_ttl):
                 ttl = wire.DEFAULT_MIN_TTL if min_ttl is None else max(0.0, min_ttl)
-                answer = await self._actor(name).get_token(ttl)
-                return answer.as_result(self.clock())
+                return await self._actor(name).get_token(ttl)
             case wire.TokenRejected(server=name, token=token, www_authenticate=header):
-                answer = await self._actor(name).token_rejected(token, header)
-                return answer.as_result(self.clock())
+                return await self._actor(name).token_rejected(token, header)
             case wire.ScopeInsufficient(server=name, token=token, scopes=scopes, www_authenticate=header):
-                answer = await self._oauth_actor(name).scope_insufficient(token, scopes, header)
-                return answer.as_result(self.clock())
+                return await self._actor(name).scope_insufficient(token, scopes, header)
             case wire.Hello(protocol=protocol):
                 if protocol != wire.PROTOCOL_VERSION:
                     raise wire.WireError(
@@ -131,71 +185,61 @@ class Broker:
                         f"this daemon speaks protocol {wire.PROTOCOL_VERSION}, not {protocol}",
                         "upgrade the client or the daemon so that both match",
                     )
-                return {"protocol": wire.PROTOCOL_VERSION, "version": __version__, "pid": os.getpid()}
+                return {
+                    "protocol": wire.PROTOCOL_VERSION,
+                    "version": __version__,
+                    "pid": os.getpid(),
+                    "stopping": self.stopping,
+                }
             case wire.Status(server=name):
                 names = [name] if name is not None else list(self.actors)
                 return {"daemon": self._daemon_status(), "servers": [self._server_status(n) for n in names]}
-            case wire.ListServers():
-                return {"servers": [self._listing(a) for a in self.actors.values()]}
+            case wire.ListServers(url=url):
+                names = list(self.actors) if url is None else self.find(url)
+                return {"servers": [self._listing(name) for name in names]}
             case wire.Reload():
                 return self.reload()
             case wire.SetAccessKey(server=name, key=key):
-                actor = self._actor(name)
-                if not isinstance(actor, BearerActor):
-                    raise wire.WireError(
-                        "bad_request",
-                        f"{name} is not a bearer server; access keys are only for auth type bearer",
-                        f"ncp-broker add {name} URL --access-key -",
-                    )
-                await actor.set_key(key)
+                await self._actor(name).set_access_key(key)
                 return {"stored": True}
             case wire.Login(server=name, mode=mode, open_browser=opens, will_open=will_open):
-                return await self._oauth_actor(name).login(mode, open_browser=opens, will_open=will_open)
+                started = await self._actor(name).login(mode, open_browser=opens, will_open=will_open)
+                return self._with_aliases(name, started)
             case wire.LoginWait(server=name):
-                answer = await self._oauth_actor(name).login_wait()
-                return answer.as_result(self.clock())
+                return await self._actor(name).login_wait()
             case wire.LoginComplete(server=name, response=response):
-                answer = await self._oauth_actor(name).login_complete(response.reveal())
-                return answer.as_result(self.clock())
+                return await self._actor(name).login_complete(response.reveal())
             case wire.Logout(server=name):
-                actor = self._actor(name)
-                if isinstance(actor, OAuthActor):
-                    return await actor.logout()
-                if isinstance(actor, BearerActor):
-                    return await actor.forget_key()
-                raise wire.WireError("not_brokered", f"{name} holds no credentials to log out of")
+                return self._with_aliases(name, await self._actor(name).logout())
             case wire.Invalidate(server=name, what=what):
-                actor = self._actor(name)
-                if isinstance(actor, OAuthActor):
-                    return await actor.invalidate(what)
-                if isinstance(actor, BearerActor) and what != "client":
-                    result = await actor.forget_key()
-                    return {"forgot": ["tokens"] if result["had_grant"] else [], "saved": True}
-                held = "client registration" if what == "client" else "credentials"
-                raise wire.WireError("not_brokered", f"{name} holds no {held} to invalidate")
+                return self._with_aliases(name, await self._actor(name).invalidate(what))
             case wire.ImportNcp(directory=directory, replace=replace):
                 return await self.import_ncp(Path(directory), replace=replace)
             case wire.Shutdown():
+                self.begin_stop()
                 self.shutdown_requested.set()
                 return {"stopping": True}
         raise AssertionError(f"unhandled request {type(req).__name__}")  # pragma: no cover
+
+    def _with_aliases(self, name: str, result: dict[str, Any]) -> dict[str, Any]:
+        """``result`` plus the other names of the grant the request acted on, so the answer can say so."""
+        others = [a for a in self._actor(name).aliases if a != name]
+        return {**result, "aliases": others}
 
     async def import_ncp(self, directory: Path, *, replace: bool) -> dict[str, Any]:
         """``ncp-broker import-ncp``: read NCP's files, then hand each matched grant to its server's actor
         (one writer per grant). Files that match no configured OAuth server are listed, never guessed."""
         if not directory.is_absolute():
             raise wire.WireError("bad_request", f"import_ncp needs an absolute directory, not {directory}")
+        # One entry per grant: an NCP file of a server listed under two names is that one server's.
+        servers = {g.names[0]: g.members[0] for g in self.config.grants() if not g.conflicts}
         try:
             plan = await trio.to_thread.run_sync(
-                lambda: ncp_import.scan(directory, self.config.servers, now=self.clock())
+                lambda: ncp_import.scan(directory, servers, now=self.clock())
             )
         except ncp_import.NcpImportError as exc:
             raise wire.WireError("bad_request", str(exc), "ncp-broker import-ncp DIRECTORY") from None
-        results = []
-        for item in plan.items:
-            actor = self.actors.get(item.server)
-            if isinstance(actor, OAuthActor):  # the scan matched only OAuth servers; the actor may differ
-                results.append(await actor.import_grant(item, replace=replace))
+        results = [await self._actor(item.server).import_grant(item, replace=replace) for item in plan.items]
         return {
             "directory": str(plan.auth_dir),
             "imported": results,
@@ -206,17 +250,6 @@ class Broker:
             "not_found": list(plan.not_found),
         }
 
-    def _oauth_actor(self, name: str) -> OAuthActor:
-        actor = self._actor(name)
-        if not isinstance(actor, OAuthActor):
-            kind = actor.server.kind
-            raise wire.WireError(
-                "bad_request" if kind != "oauth" else "login_unavailable",
-                f"{name} is not an OAuth server (auth type: {kind}); there is nothing to log in to",
-                f"ncp-broker add {name} {actor.server.url or 'URL'} --oauth",
-            )
-        return actor
-
     def _daemon_status(self) -> dict[str, Any]:
         return {
             "pid": os.getpid(),
@@ -226,12 +259,27 @@ class Broker:
             "config": str(self.config.path) if self.config.path else None,
             "store": self.store_description,
             "started_at": self.started_at,
+            "stopping": self.stopping,
         }
 
-    def _listing(self, actor: Actor) -> dict[str, Any]:
-        s = actor.server
-        return {"name": s.name, "url": s.url, "kind": s.kind, "brokered": s.kind != "none"}
+    def _listing(self, name: str) -> dict[str, Any]:
+        actor = self._actor(name)
+        server = self.config.servers[name]
+        return {
+            "name": name,
+            "url": server.url,
+            "kind": server.kind,
+            "brokered": server.kind != "none",
+            "aliases": [a for a in actor.aliases if a != name],
+        }
 
     def _server_status(self, name: str) -> dict[str, Any]:
-        actor = self._actor(name)
-        return {**self._listing(actor), **actor.status()}
+        return {**self._listing(name), **self._actor(name).status()}
+
+    def find(self, url: str) -> list[str]:
+        """The configured names whose URL names the same server as ``url``."""
+        try:
+            wanted = canonical_url(url)
+        except ValueError:
+            return []
+        return [s.name for s in self.config.find_by_url(wanted)]

@@ -14,7 +14,6 @@ Editing (``add``/``remove``) goes through :func:`edit_raw`, which keeps every ke
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import re
 import stat
@@ -27,16 +26,18 @@ from urllib.parse import urlsplit, urlunsplit
 import msgspec
 
 from brokerd.fsutil import atomic_write
+from brokerd.oauth import canonical_url, is_loopback_host
 from brokerd.secret import Secret, dec_hook
 
 __all__ = [
     "Config",
     "ConfigError",
+    "Grant",
     "OAuthSettings",
     "Server",
+    "differences",
     "edit_raw",
     "insecure_file_warning",
-    "is_loopback_host",
     "load",
     "parse",
 ]
@@ -121,30 +122,77 @@ class Config:
     servers: dict[str, Server] = field(default_factory=dict)
     store: Literal["auto", "file", "keyring"] = "auto"
 
-    def find_by_url(self, url: str) -> Server | None:
-        """The brokered server whose URL is ``url``, ignoring a trailing slash and the case of the host."""
-        wanted = _url_key(url)
+    def find_by_url(self, url: str) -> list[Server]:
+        """The entries whose URL names the same server as ``url`` (:func:`brokerd.oauth.canonical_url`), in
+        config order; empty for a URL that is not absolute."""
+        try:
+            wanted = canonical_url(url)
+        except ValueError:
+            return []
+        return [s for s in self.servers.values() if s.url and canonical_url(s.url) == wanted]
+
+    def grants(self) -> list[Grant]:
+        """The brokered entries grouped by the server they name: one :class:`Grant` per canonical URL, in
+        config order (DESIGN rule 11). Entries that are not brokered are not grouped."""
+        groups: dict[str, list[Server]] = {}
         for server in self.servers.values():
-            if server.url and _url_key(server.url) == wanted:
-                return server
-        return None
+            if server.kind != "none" and server.url is not None:
+                groups.setdefault(canonical_url(server.url), []).append(server)
+        return [Grant(key, tuple(members)) for key, members in groups.items()]
 
 
-def _url_key(url: str) -> str:
-    parts = urlsplit(url.strip())
-    return f"{parts.scheme.lower()}://{parts.netloc.lower()}{parts.path.rstrip('/')}"
+@dataclass(frozen=True)
+class Grant:
+    """The config entries that name one server: aliases of one grant.
+
+    ``conflicts`` lists the settings (as config keys) in which the entries disagree; when there are any,
+    the daemon refuses every one of these entries, since one grant cannot follow two sets of settings.
+    """
+
+    key: str
+    members: tuple[Server, ...]
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(m.name for m in self.members)
+
+    @property
+    def conflicts(self) -> tuple[str, ...]:
+        first = self.members[0]
+        found: dict[str, None] = {}
+        for other in self.members[1:]:
+            found.update(dict.fromkeys(differences(first, other)))
+        return tuple(found)
+
+
+#: Where each setting of a :class:`Server` sits in a config entry, for messages about aliases that disagree.
+_SETTING_KEYS = {
+    "kind": "auth.type",
+    "access_key": "auth.token",
+    "allow_insecure_loopback": "auth.allowInsecureLoopback",
+    "allow_private_network": "auth.allowPrivateNetwork",
+}
+_OAUTH_KEYS = {
+    "scopes": "auth.oauth21.scopes",
+    "callback_port": "auth.oauth21.callbackPort",
+    "client_id": "auth.oauth21.clientId",
+    "client_secret": "auth.oauth21.clientSecret",
+    "client_metadata_url": "auth.oauth21.clientMetadataUrl",
+}
+
+
+def differences(a: Server, b: Server) -> list[str]:
+    """The config keys whose values differ between entries ``a`` and ``b`` (names and URL spellings aside).
+
+    A secret is compared, never shown: the key names it, not the value.
+    """
+    keys = [key for name, key in _SETTING_KEYS.items() if getattr(a, name) != getattr(b, name)]
+    if a.oauth is not None and b.oauth is not None:
+        keys += [key for name, key in _OAUTH_KEYS.items() if getattr(a.oauth, name) != getattr(b.oauth, name)]
+    return keys
 
 
 _NAME_RE = re.compile(r"^[^\x00-\x1f\x7f]{1,200}$")
-
-
-def is_loopback_host(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def _check_url(path: Path | None, where: str, url: str, *, allow_insecure_loopback: bool) -> None:

@@ -4,13 +4,21 @@ Start-up order matters and each step fails with a sentence a person can act on:
 
 1. the socket's directory is created 0700 and checked (ours, a directory, not a symlink);
 2. the single-instance lock next to the socket is taken (``flock``; a dead daemon's lock is released by
-   the kernel, so a ``kill -9`` never blocks the next start, and a live daemon is never second-guessed);
+   the kernel, so a ``kill -9`` never blocks the next start, and a live daemon is never second-guessed).
+   A previous daemon that is still stopping (finishing its exchanges) is waited for, and that is said;
 3. a leftover socket file is removed only now that we hold the lock — and only if nothing answers on it;
 4. the config is loaded (a bad file stops the start; a bad *reload* keeps the running config);
 5. we listen, then report readiness (``NCP_BROKER_READY_FD`` for ``ncp-broker start``, ``sd_notify`` for
    systemd); a systemd-passed socket (``LISTEN_FDS``) replaces steps 3 and the bind.
 
-SIGTERM/SIGINT and the ``shutdown`` request stop the daemon cleanly; SIGHUP reloads the config.
+SIGTERM/SIGINT and the ``shutdown`` request stop the daemon (DESIGN rule 10): it takes no new exchange
+(requests that need one get ``stopping``; tokens it holds are still served), cancels pending logins, waits
+for every exchange in flight to be answered and saved (each is bounded by its own timeout), then stops
+listening and exits. SIGHUP reloads the config.
+
+Two nurseries make that order: the *work* nursery runs renewals, logins and the timer; the outer one runs
+the socket server. A stop cancels the work nursery first (sent exchanges are shielded, so this waits for
+them) and the server last, so callers get answers until the end.
 """
 
 from __future__ import annotations
@@ -61,20 +69,58 @@ class DaemonOptions:
     socket_path: Path
 
 
+STOP_WAIT = 60.0
+"""How long a starting daemon waits for a previous one that is still stopping (its exchanges are bounded
+by the HTTP driver's 15 s timeout; saving takes a moment more)."""
+
+
+def _try_lock(handle: IO[str]) -> bool:
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _previous_is_stopping(sock: Path) -> bool:
+    """Whether the daemon holding the lock is on its way out: it says so, or it no longer answers."""
+    probe = stdlib_socket.socket(stdlib_socket.AF_UNIX, stdlib_socket.SOCK_STREAM)
+    try:
+        probe.settimeout(2.0)
+        probe.connect(os.fspath(sock))
+        probe.sendall(b'{"op":"hello"}\n')
+        answer = probe.recv(4096)
+    except OSError:
+        return True  # the lock is held but nothing answers: the holder is closing down
+    finally:
+        probe.close()
+    return b'"stopping":true' in answer
+
+
 @contextlib.contextmanager
-def _instance_lock(sock: Path) -> Iterator[IO[str]]:
+def _instance_lock(sock: Path, readiness: _Readiness) -> Iterator[IO[str]]:
     lock_file = paths.lock_path(sock)
     fd = os.open(lock_file, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     handle = os.fdopen(fd, "r+")
     try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not _try_lock(handle):
             pid = _holder_pid(handle)
-            raise AlreadyRunning(
-                f"ncp-broker is already running (pid {pid}) on {sock}; use it, or stop it with: "
-                "ncp-broker stop"
-            ) from None
+            if not _previous_is_stopping(sock):
+                raise AlreadyRunning(
+                    f"ncp-broker is already running (pid {pid}) on {sock}; use it, or stop it with: "
+                    "ncp-broker stop"
+                )
+            note = f"waiting for the previous daemon (pid {pid}) to finish stopping"
+            log.info("%s", note)
+            readiness.note(note)
+            deadline = time.monotonic() + STOP_WAIT
+            while not _try_lock(handle):
+                if time.monotonic() > deadline:
+                    raise AlreadyRunning(
+                        f"the previous daemon (pid {pid}) did not finish stopping within {STOP_WAIT:g} s; "
+                        f"see its log, or end it with: kill {pid}"
+                    )
+                time.sleep(0.05)  # nothing else runs yet: blocking here is fine
         handle.seek(0)
         handle.truncate()
         handle.write(f"{os.getpid()}\n")
@@ -169,6 +215,12 @@ class _Readiness:
             os.close(self._fd)
         self._fd = None
 
+    def note(self, line: str) -> None:
+        """A line for the starting command to show while we wait; readiness is still to come."""
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.write(self._fd, f"note {line}\n".encode())
+
     def ready(self) -> None:
         self._say("ready")
         _sd_notify("READY=1")
@@ -177,10 +229,12 @@ class _Readiness:
         self._say("error " + reason)
 
 
-async def _watch_signals(broker: Broker, cancel_scope: trio.CancelScope) -> None:
+async def _watch_signals(broker: Broker) -> None:
     with trio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM, signal.SIGINT) as signals:
         async for signum in signals:
             if signum == signal.SIGHUP:
+                if broker.stopping:
+                    continue
                 _sd_notify("RELOADING=1")
                 try:
                     broker.reload()
@@ -189,10 +243,28 @@ async def _watch_signals(broker: Broker, cancel_scope: trio.CancelScope) -> None
                 except Exception:
                     log.exception("reload failed; keeping the running config")
                 _sd_notify("READY=1")
-            else:
+            elif not broker.stopping:
                 log.info("received %s; stopping", signal.Signals(signum).name)
-                cancel_scope.cancel()
-                return
+                broker.begin_stop()
+                broker.shutdown_requested.set()
+
+
+@dataclass
+class _Work:
+    """The work nursery (renewals, logins, the timer) and the event set once everything in it has ended."""
+
+    nursery: trio.Nursery
+    ended: trio.Event
+
+
+async def _run_work(*, task_status: trio.TaskStatus[_Work] = trio.TASK_STATUS_IGNORED) -> None:
+    ended = trio.Event()
+    try:
+        async with trio.open_nursery() as nursery:
+            task_status.started(_Work(nursery, ended))
+            await trio.sleep_forever()
+    finally:
+        ended.set()
 
 
 async def _main(opts: DaemonOptions, readiness: _Readiness) -> None:
@@ -202,7 +274,7 @@ async def _main(opts: DaemonOptions, readiness: _Readiness) -> None:
         fsutil.ensure_private_dir(sock.parent)
     except (fsutil.UnsafePathError, OSError) as exc:
         raise DaemonError(f"socket directory: {exc}") from None
-    with _instance_lock(sock):
+    with _instance_lock(sock, readiness):
         cfg = config.load(opts.config_path)
         if warning := config.insecure_file_warning(opts.config_path):
             log.warning("%s", warning)
@@ -215,14 +287,15 @@ async def _main(opts: DaemonOptions, readiness: _Readiness) -> None:
         bound_inode = os.stat(sock).st_ino if inherited is None else None
         listener = trio.SocketListener(trio.socket.from_stdlib_socket(raw))
         try:
-            async with make_http_client() as http, trio.open_nursery() as nursery:
-                oauth = OAuthContext(http=http, hub=CallbackHub(nursery), nursery=nursery)
+            async with make_http_client() as http, trio.open_nursery() as outer:
+                work: _Work = await outer.start(_run_work)
+                oauth = OAuthContext(http=http, hub=CallbackHub(work.nursery), nursery=work.nursery)
                 broker = Broker(
                     cfg, store, oauth=oauth, socket_path=sock, store_description=str(store.describe())
                 )
-                nursery.start_soon(_watch_signals, broker, nursery.cancel_scope)
-                nursery.start_soon(oauth.scheduler.run, nursery)
-                await nursery.start(serve, listener, broker.handle)
+                outer.start_soon(_watch_signals, broker)
+                work.nursery.start_soon(oauth.scheduler.run, work.nursery)
+                await outer.start(serve, listener, broker.handle)
                 log.info(
                     "ncp-broker %s listening on %s (pid %d, config %s, store %s)",
                     _version(),
@@ -233,16 +306,20 @@ async def _main(opts: DaemonOptions, readiness: _Readiness) -> None:
                 )
                 readiness.ready()
                 await broker.shutdown_requested.wait()
-                # let the "stopping" answer reach the client before the listener goes away
+                broker.begin_stop()
+                log.info("stopping: no new exchanges; finishing those in flight")
+                _sd_notify("STOPPING=1")
+                work.nursery.cancel_scope.cancel()  # exchanges already sent are shielded: this waits for them
+                await work.ended.wait()
+                # let the last answers reach their clients before the listener goes away
                 await trio.sleep(0.05)
-                nursery.cancel_scope.cancel()
+                outer.cancel_scope.cancel()
         finally:
             await listener.aclose()
             if bound_inode is not None:
                 with contextlib.suppress(OSError):
                     if os.stat(sock).st_ino == bound_inode:
                         sock.unlink()
-            _sd_notify("STOPPING=1")
             log.info("stopped")
 
 

@@ -37,7 +37,7 @@ stamp is read and enforced (below). Every other unknown key is ignored.
 Matching
 --------
 A file belongs to a configured server when its name is NCP's key of that server's URL: the URL as written,
-or another spelling of the same canonical URL (:func:`brokerd.store.canonical_url`, with and without a
+or another spelling of the same canonical URL (:func:`brokerd.oauth.canonical_url`, with and without a
 trailing slash), since a 64-bit SHA-256 prefix only comes out of that exact string. The spelling that
 matched is reported. Nothing else is tried: a file no configured URL hashes to is listed ``unmatched``, one
 that two servers hash to, or two files for one server, are listed ``ambiguous``; none is guessed.
@@ -52,11 +52,11 @@ bound of when the tokens were issued and the expiry an upper bound too; :attr:`I
 The issuer
 ----------
 Refreshing needs the issuer, the token endpoint and the client registration keyed by issuer (DESIGN.md
-rule 5; ``grant._token_set`` drops a token record without ``issuer``, ``client_id`` or
+rule 5: a :class:`brokerd.oauth.TokenSet` cannot exist without ``issuer``, ``client_id`` and
 ``token_endpoint``). NCP's grant is bound to whatever the SDK's discovery of the server URL finds — it
 rediscovers on every ``auth()`` and refreshes at that authorization server — and ours follows the same
 RFC 9728 → RFC 8414 chain (with the same 2025-03-26 origin fallback). So an :class:`ImportItem` carries
-the grant *unbound*, and :meth:`ImportItem.to_record` binds it to a :class:`brokerd.oauth.Discovery` the
+the grant *unbound*, and :meth:`ImportItem.bind` binds it to a :class:`brokerd.oauth.Discovery` the
 daemon has just run for that server: ``issuer``, ``token_endpoint``, ``revocation_endpoint`` and
 ``resource`` come from the discovery, the registration is keyed by ``discovery.issuer``. If the file
 carries the SDK's ``issuer`` stamp and it does not name the discovered issuer (one trailing ``/`` apart,
@@ -69,12 +69,12 @@ Applying a plan (the daemon's side)
 -----------------------------------
 For each :class:`ImportItem` (in the daemon, through the server's actor: rule 2):
 
-1. load the stored record; if it has tokens already, keep it and report the item as skipped (unless the
-   user asked to replace; ``to_record(..., replace=True)``);
+1. load the stored record; if it has tokens already, keep it and report the item as kept (unless the
+   user asked to replace them);
 2. probe the server URL and run ``oauth.discover(url, policy=…, challenge=…)`` as a login does, with the
    server's ``UrlPolicy``; a discovery failure skips the item with its reason;
-3. ``record = item.to_record(discovery, existing=record)`` (raises :class:`ImportBindError` or
-   :class:`brokerd.oauth.PolicyError` with a reason to show), save it, load it into the actor;
+3. ``tokens, registration = item.bind(discovery)`` (raises :class:`ImportBindError` or
+   :class:`brokerd.oauth.PolicyError` with a reason to show), save them, load them into the actor;
 4. ideally refresh once right away when there is a refresh token: that proves the binding while NCP's
    file is still there and replaces the estimated expiry with a real one.
 
@@ -100,7 +100,6 @@ import msgspec
 from brokerd import oauth
 from brokerd.config import Server
 from brokerd.secret import Secret, dec_hook
-from brokerd.store import RegistrationRecord, ServerRecord, TokenRecord, canonical_url
 
 __all__ = [
     "MAX_FILE_BYTES",
@@ -289,22 +288,16 @@ class ImportItem:
     def expires_at(self) -> float | None:
         return None if self.expires_in is None else self.obtained_at + self.expires_in
 
-    def to_record(
-        self, discovery: oauth.Discovery, *, existing: ServerRecord | None = None, replace: bool = False
-    ) -> ServerRecord:
-        """The store record of this grant, bound to ``discovery`` (just run for :attr:`server_url`).
-
-        ``existing`` is the server's current record, if any: its other issuers' registrations, access key
-        and cached discovery are kept. A record that already holds tokens is replaced only with
-        ``replace=True``.
+    def bind(self, discovery: oauth.Discovery) -> tuple[oauth.TokenSet, oauth.Registration]:
+        """The grant and its client, bound to ``discovery`` (just run for :attr:`server_url`).
 
         Raises:
-            ImportBindError: the discovery is for another server, the file's issuer stamp names another
-                authorization server, or ``existing`` holds a grant and ``replace`` is false.
+            ImportBindError: the discovery is for another server, or the file's issuer stamp names another
+                authorization server.
             brokerd.oauth.PolicyError: the client has a secret but the server supports none of the
                 client authentication methods the broker has.
         """
-        if canonical_url(discovery.server_url) != canonical_url(self.server_url):
+        if oauth.canonical_url(discovery.server_url) != oauth.canonical_url(self.server_url):
             raise ImportBindError(f"{self.server}: the discovery given is for another server URL")
         if self.issuer_stamp is not None and not _issuers_match(self.issuer_stamp, discovery.issuer):
             raise ImportBindError(
@@ -312,15 +305,11 @@ class ImportItem:
                 f" but discovery now finds {_short(discovery.issuer, 120)!r};"
                 " not importing it (log in with the broker)"
             )
-        if existing is not None and existing.tokens is not None and not replace:
-            raise ImportBindError(f"{self.server}: the broker already holds a grant for this server")
-        registration = self._registration(discovery)
-        tokens = TokenRecord(
+        tokens = oauth.TokenSet(
             access_token=self.access_token,
             refresh_token=self.refresh_token,
             expires_at=self.expires_at,
-            issued_lifetime=self.expires_in,
-            scopes=list(self.scopes),
+            scopes=self.scopes,
             token_endpoint=discovery.token_endpoint,
             issuer=discovery.issuer,
             resource=discovery.resource,
@@ -328,17 +317,9 @@ class ImportItem:
             client_id=self.client.client_id,
             revocation_endpoint=discovery.revocation_endpoint,
         )
-        registrations = dict(existing.registrations) if existing is not None else {}
-        registrations[discovery.issuer] = registration
-        return ServerRecord(
-            server_url=self.server_url,
-            access_key=existing.access_key if existing is not None else None,
-            tokens=tokens,
-            registrations=registrations,
-            discovery=existing.discovery if existing is not None else None,
-        )
+        return tokens, self._registration(discovery)
 
-    def _registration(self, discovery: oauth.Discovery) -> RegistrationRecord:
+    def _registration(self, discovery: oauth.Discovery) -> oauth.Registration:
         c = self.client
         method = c.token_endpoint_auth_method
         if method is None:
@@ -355,18 +336,18 @@ class ImportItem:
                 _no_effects,
             )
             method = chosen.token_endpoint_auth_method
-        return RegistrationRecord(
+        return oauth.Registration(
+            issuer=discovery.issuer,
             client_id=c.client_id,
             client_secret=c.client_secret if method != "none" else None,
             token_endpoint_auth_method=method,
-            redirect_uris=list(c.redirect_uris),
-            registered_at=c.client_id_issued_at,
+            redirect_uris=c.redirect_uris,
+            registered_at=c.client_id_issued_at or 0.0,
             registration_client_uri=c.registration_client_uri,
             registration_access_token=c.registration_access_token,
-            client_id_issued_at=c.client_id_issued_at,
             client_secret_expires_at=c.client_secret_expires_at,
             source=c.source,
-            grant_types=list(c.grant_types),
+            grant_types=c.grant_types,
             scope=c.scope,
         )
 
@@ -376,24 +357,12 @@ def _no_effects(effect: oauth.Effect) -> object:
 
 
 def _issuers_match(a: str, b: str) -> bool:
-    """The SDK's ``issuersMatch``: equal as parsed URLs, one trailing ``/`` apart at most."""
-    x, y = _parsed_url(a), _parsed_url(b)
-    return x == y or (x.endswith("/") and x[:-1] == y) or (y.endswith("/") and y[:-1] == x)
-
-
-def _parsed_url(text: str) -> str:
+    """The SDK's ``issuersMatch`` (equal as parsed URLs, one trailing ``/`` apart at most), by the one
+    function that decides "the same URL" here (:func:`brokerd.oauth.canonical_url`)."""
     try:
-        parts = urlsplit(text)
-        host, port = parts.hostname, parts.port
+        return oauth.canonical_url(a) == oauth.canonical_url(b)
     except ValueError:
-        return text
-    if not parts.scheme or not host:
-        return text
-    default = {"http": 80, "https": 443}.get(parts.scheme.lower())
-    netloc = f"[{host}]" if ":" in host else host
-    if port is not None and port != default:
-        netloc = f"{netloc}:{port}"
-    return urlunsplit((parts.scheme.lower(), netloc, parts.path or "/", parts.query, parts.fragment))
+        return a == b
 
 
 @dataclass(frozen=True)
@@ -415,7 +384,7 @@ def _spellings(url: str) -> list[str]:
     slash on the path)."""
     found = [url, url.strip()]
     try:
-        canonical = canonical_url(url)
+        canonical = oauth.canonical_url(url)
     except ValueError:
         canonical = None
     if canonical is not None:

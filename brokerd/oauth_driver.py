@@ -7,8 +7,9 @@
 Effect                 What :func:`drive` does
 =====================  ===========================================================================
 :class:`Fetch`         :func:`send`: the request exactly as given, redirects never followed, connect
-                       timeout :data:`CONNECT_TIMEOUT`, whole exchange :data:`TOTAL_TIMEOUT`, body capped
-                       at :data:`MAX_BODY`. No HTTP answer (refused, DNS, TLS, timeout, a body over the
+                       timeout :data:`CONNECT_TIMEOUT`, no progress for :data:`OPERATION_TIMEOUT`, whole
+                       exchange :data:`TOTAL_TIMEOUT`, body capped at :data:`MAX_BODY`; never cancelled
+                       once sent (DESIGN rule 10). No HTTP answer (refused, DNS, TLS, timeout, a body over the
                        cap) becomes a :class:`TransportFailure` whose reason holds no secret.
 :class:`AwaitRedirect` ``await on_redirect(effect)``: the callback's query parameters.
 :class:`ShowDeviceCode` ``await on_device_code(effect)``.
@@ -69,7 +70,11 @@ log = logging.getLogger("brokerd.oauth_driver")
 _T = TypeVar("_T")
 
 CONNECT_TIMEOUT = 5.0
-OPERATION_TIMEOUT = 10.0  # each read/write/pool wait
+# The no-progress timeout (each read, write or pool wait). Shorter would notice a server that has gone
+# silent sooner, but a refresh timed out at a strict-rotation server that did process it loses the grant
+# (its retry presents a spent token), so a slow answer is given 10 s. A server that drops or refuses the
+# connection fails at once; only one that accepts and then says nothing costs this long.
+OPERATION_TIMEOUT = 10.0
 TOTAL_TIMEOUT = 15.0  # the whole exchange, body included
 MAX_BODY = 1024 * 1024
 USER_AGENT = f"ncp-broker/{__version__}"
@@ -115,7 +120,8 @@ async def drive(
         OAuthError: whatever the flow raises (its subclasses say what went wrong; see ``brokerd.oauth``).
         Exception: whatever ``on_redirect`` or ``on_device_code`` raises (e.g. the callback listener's
             ``LoginTimeoutError``), unchanged; the flow is closed first.
-        trio.Cancelled: the caller's cancel scope fired; the flow is closed, an in-flight request aborted.
+        trio.Cancelled: the caller's cancel scope fired while the flow waited for a redirect, a device code
+            or a sleep; the flow is closed. A request already sent is never aborted (see :func:`send`).
         TypeError: the flow yielded something that is not an effect (a core bug).
     """
     try:
@@ -154,15 +160,18 @@ async def send(
     :data:`CONNECT_TIMEOUT` to connect), a connection, DNS or TLS error, a malformed answer, or a body
     over :data:`MAX_BODY` is a :class:`TransportFailure` naming the origin and the kind of failure only.
 
-    Raises:
-        trio.Cancelled: the caller's cancel scope fired.
+    Never cancelled once started (DESIGN rule 10): a cancellation of the caller takes effect when the
+    exchange has ended, at the caller's next checkpoint.
     """
     shown = redact_url(request.url)
     started = trio.current_time()
     result: HttpResponse | TransportFailure = TransportFailure(
         f"no answer from {_origin(request.url)} within {TOTAL_TIMEOUT:g} s"
     )
-    with trio.move_on_after(TOTAL_TIMEOUT):
+    # DESIGN rule 10: a request once sent runs to its answer or its own timeout. Nothing else cancels it:
+    # the server may act on it (rotate a refresh token, redeem a code), and an answer we walk away from
+    # is a grant lost. The caller sees a cancellation only after this returns.
+    with trio.CancelScope(shield=True), trio.move_on_after(TOTAL_TIMEOUT):
         result = await _exchange(http, request, clock)
     elapsed = trio.current_time() - started
     if isinstance(result, HttpResponse):

@@ -43,6 +43,7 @@ __all__ = [
     "Shutdown",
     "Status",
     "TokenRejected",
+    "TokenResult",
     "WireError",
     "decode_request",
     "encode_error",
@@ -68,6 +69,8 @@ ErrorCode = Literal[
     "as_unreachable",  # the authorization server cannot be reached; the current token has expired
     "insufficient_scope",  # step-up gave up: the server still refuses after MAX_AUTHORIZATIONS tries
     "config_error",  # reload refused: the file is bad; the old config stays in force
+    "config_conflict",  # two entries name one server with different settings; both are refused
+    "stopping",  # the daemon is stopping and cannot start this exchange; start it again
     "internal",  # a bug; the daemon stays up, the message says where to look
 ]
 
@@ -80,6 +83,29 @@ class WireError(Exception):
         self.code: ErrorCode = code
         self.message = message
         self.hint = hint
+
+
+# ---- answers --------------------------------------------------------------------------------------
+
+
+class TokenResult(msgspec.Struct, kw_only=True):
+    """The answer to every request that yields a token: ``get_token``, ``token_rejected``,
+    ``scope_insufficient``, ``login_wait``, ``login_complete``."""
+
+    token: Secret
+    token_type: str = "Bearer"  # noqa: S105 - a token type name, not a secret
+    #: Wall-clock expiry (seconds since the epoch), or None when the server gave none (an access key).
+    expires_at: float | None = None
+    #: Seconds left when the answer was made (never negative), or None.
+    expires_in: float | None = None
+
+    @classmethod
+    def at(cls, now: float, token: Secret, token_type: str, expires_at: float | None) -> TokenResult:
+        expires_in = None if expires_at is None else max(0.0, round(expires_at - now, 3))
+        return cls(token=token, token_type=token_type, expires_at=expires_at, expires_in=expires_in)
+
+
+# ---- requests -------------------------------------------------------------------------------------
 
 
 class _Base(msgspec.Struct, tag_field="op", forbid_unknown_fields=True, kw_only=True):
@@ -133,7 +159,10 @@ class Status(_Base, tag="status"):
 
 
 class ListServers(_Base, tag="list"):
-    """Configured server names, their URL and whether they are brokered."""
+    """Configured server names, their URL, whether they are brokered, and their aliases; with ``url``,
+    only the entries that name that server (the daemon's rule for "the same server URL")."""
+
+    url: str | None = None
 
 
 class Reload(_Base, tag="reload"):

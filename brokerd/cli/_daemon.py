@@ -15,7 +15,9 @@ from brokerd.cli._common import EXIT_OK, CliError, call, running
 __all__ = ["register"]
 
 START_TIMEOUT = 15.0
-STOP_TIMEOUT = 10.0
+# A stopping daemon first finishes the exchanges in flight (each bounded by the HTTP driver's 15 s), and a
+# starting one waits up to daemon.STOP_WAIT for it: wait a little longer than that.
+STOP_TIMEOUT = 75.0
 
 
 def cmd_start(args: argparse.Namespace) -> int:
@@ -24,10 +26,11 @@ def cmd_start(args: argparse.Namespace) -> int:
     opts = daemon.DaemonOptions(config_path=args.config, socket_path=args.socket)
     if args.foreground:
         return daemon.run(opts)
-    if hello := running(args):
+    hello = running(args)
+    if hello and not hello.get("stopping"):
         print(f"ncp-broker is already running (pid {hello.get('pid')}) on {args.socket}")
         return EXIT_OK
-    return _start_background(args)
+    return _start_background(args)  # a daemon that is stopping is waited for by the new one
 
 
 def _start_background(args: argparse.Namespace) -> int:
@@ -54,7 +57,7 @@ def _start_background(args: argparse.Namespace) -> int:
     finally:
         os.close(write_end)
         os.close(log_fd)
-    answer = _read_readiness(read_end, START_TIMEOUT)
+    answer = _read_readiness(read_end, START_TIMEOUT)  # "note …" lines are shown as they come
     if answer == "ready":
         print(f"ncp-broker started (pid {child.pid}) on {args.socket}; log: {log_file}")
         return EXIT_OK
@@ -71,14 +74,26 @@ def _start_background(args: argparse.Namespace) -> int:
 
 
 def _read_readiness(fd: int, timeout: float) -> str:
+    """The daemon's last readiness line ("ready" or "error …"); "note …" lines before it are printed, and
+    each gives the daemon as long again (it is waiting for a previous daemon to stop)."""
     import selectors
+
+    from brokerd.daemon import STOP_WAIT
 
     deadline = time.monotonic() + timeout
     data = b""
     with selectors.DefaultSelector() as sel:
         sel.register(fd, selectors.EVENT_READ)
         try:
-            while b"\n" not in data:
+            while True:
+                line, newline, rest = data.partition(b"\n")
+                if newline and line.startswith(b"note "):
+                    print(line[5:].decode(errors="replace"))
+                    data = rest
+                    deadline = time.monotonic() + STOP_WAIT + timeout
+                    continue
+                if newline:
+                    break
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or not sel.select(remaining):
                     break
@@ -91,19 +106,44 @@ def _read_readiness(fd: int, timeout: float) -> str:
     return data.decode(errors="replace").strip()
 
 
+def _lock_released(args: argparse.Namespace) -> bool:
+    """Whether no daemon holds the instance lock of ``args.socket`` (a forwarded socket has no local lock:
+    then only the socket can tell)."""
+    import fcntl
+
+    try:
+        fd = os.open(paths.lock_path(args.socket), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)  # closing releases our shared lock
+    return True
+
+
 def cmd_stop(args: argparse.Namespace) -> int:
+    """Ask the daemon to stop and return once it has exited: it first finishes the exchanges in flight."""
     hello = running(args)
     if hello is None:
         print(f"ncp-broker is not running on {args.socket}")
         return EXIT_OK
-    call(args, {"op": "shutdown"})
-    deadline = time.monotonic() + STOP_TIMEOUT
-    while time.monotonic() < deadline:
-        if running(args) is None:
-            print(f"ncp-broker stopped (pid {hello.get('pid')})")
+    pid = hello.get("pid")
+    if not hello.get("stopping"):
+        call(args, {"op": "shutdown"})
+    started = time.monotonic()
+    told = False
+    while time.monotonic() - started < STOP_TIMEOUT:
+        if running(args) is None and _lock_released(args):
+            print(f"ncp-broker stopped (pid {pid})")
             return EXIT_OK
+        if not told and time.monotonic() - started > 1.0:
+            print(f"ncp-broker (pid {pid}) is finishing the token exchanges in flight…")
+            told = True
         time.sleep(0.05)
-    raise CliError(f"ncp-broker (pid {hello.get('pid')}) did not stop within {STOP_TIMEOUT:g} s")
+    raise CliError(f"ncp-broker (pid {pid}) did not stop within {STOP_TIMEOUT:g} s; see its log")
 
 
 def cmd_reload(args: argparse.Namespace) -> int:
@@ -117,5 +157,7 @@ def register(sub: Any) -> None:
     s = sub.add_parser("start", help="start the daemon (in the background unless --foreground)")
     s.add_argument("--foreground", action="store_true", help="stay in the foreground (for service managers)")
     s.set_defaults(func=cmd_start)
-    sub.add_parser("stop", help="stop the daemon").set_defaults(func=cmd_stop)
+    sub.add_parser(
+        "stop", help="stop the daemon (it finishes the exchanges in flight first; returns once it has exited)"
+    ).set_defaults(func=cmd_stop)
     sub.add_parser("reload", help="re-read the config (a bad file is refused)").set_defaults(func=cmd_reload)

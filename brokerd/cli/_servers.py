@@ -99,6 +99,7 @@ def cmd_login(args: argparse.Namespace) -> int:
     url = str(started["url"])
     if started.get("joined"):
         print(f"a login for {args.name} is already in progress; joining it")
+    _say_shared(args.name, list(started.get("aliases", [])))
     if mode == "device":
         print(f"on any device, open:\n\n  {url}\n\nand enter the code:  {started.get('user_code')}\n")
         print("waiting for you to approve…")
@@ -145,6 +146,7 @@ def cmd_invalidate(args: argparse.Namespace) -> int:
         result = call(args, {"op": "invalidate", "server": args.name, "what": args.what}, timeout=60)
         forgot = list(result.get("forgot", []))
     else:
+        result = {}
         cfg = load_config(args)
         server = cfg.servers.get(args.name)
         if server is None or server.url is None:
@@ -152,6 +154,7 @@ def cmd_invalidate(args: argparse.Namespace) -> int:
         forgot = _invalidate_offline(cfg, server.url, args.what)
     held = " and ".join(forgot) if forgot else "nothing"
     print(f"{args.name}: forgot {held} locally (nothing was revoked; `ncp-broker logout` revokes)")
+    _say_shared(args.name, result.get("aliases", []) if running(args) is not None else _aliases(args))
     if "tokens" in forgot:
         print(f"  log in again with: ncp-broker login {args.name}")
     return EXIT_OK
@@ -209,17 +212,32 @@ def _invalidate_offline(cfg: config.Config, url: str, what: str) -> list[str]:
         if what in ("client", "all") and record.registrations:
             record = msgspec.structs.replace(record, registrations={})
             forgot.append("client")
-        if what == "all":
-            record = msgspec.structs.replace(record, discovery=None)
         await store.save(record)
         return forgot
 
     return trio.run(forget)
 
 
+def _aliases(args: argparse.Namespace) -> list[str]:
+    """The other config names of ``args.name``'s grant (entries that name the same server)."""
+    cfg = load_config(args)
+    server = cfg.servers.get(args.name)
+    if server is None or server.url is None:
+        return []
+    return [s.name for s in cfg.find_by_url(server.url) if s.name != args.name and s.kind != "none"]
+
+
+def _say_shared(name: str, aliases: list[str]) -> None:
+    if aliases:
+        them = "them" if len(aliases) > 1 else "it"
+        print(f"  (one grant with {', '.join(aliases)}: that applies to {them} too)")
+
+
 def _print_logout(name: str, result: dict[str, Any]) -> None:
+    aliases = list(result.get("aliases", []))
     if not result.get("had_grant"):
         print(f"{name}: nothing to log out of; local credentials are cleared")
+        _say_shared(name, aliases)
         return
     for r in result.get("revocation", []):
         detail = f" ({r['detail']})" if r.get("detail") else ""
@@ -228,6 +246,7 @@ def _print_logout(name: str, result: dict[str, Any]) -> None:
         print(f"{name}: the authorization server offers no revocation; local credentials are deleted")
     else:
         print(f"{name}: logged out; local credentials are deleted")
+    _say_shared(name, aliases)
 
 
 def _forget_offline(cfg: config.Config, url: str) -> None:
@@ -247,7 +266,14 @@ def cmd_remove(args: argparse.Namespace) -> int:
     if args.name not in cfg.servers:
         raise CliError(f"no server named {args.name!r} in {args.config}", 4)
     server = cfg.servers[args.name]
-    if server.kind != "none" and server.url:
+    others = _aliases(args)
+    if others:
+        # The grant is still used by the other entries: removing this name must not log them out.
+        print(
+            f"{args.name}: the grant stays for {', '.join(others)} "
+            f"(log out with: ncp-broker logout {others[0]})"
+        )
+    elif server.kind != "none" and server.url:
         if running(args) is not None:
             _print_logout(args.name, call(args, {"op": "logout", "server": args.name}, timeout=60))
         else:

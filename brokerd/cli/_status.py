@@ -29,7 +29,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps({"running": True, **status}, indent=2))
         return EXIT_OK
     d = status["daemon"]
-    print(f"ncp-broker {d['version']} (pid {d['pid']}) since {fmt_time(d['started_at'])}")
+    stopping = " — stopping: finishing what is in flight" if d.get("stopping") else ""
+    print(f"ncp-broker {d['version']} (pid {d['pid']}) since {fmt_time(d['started_at'])}{stopping}")
     print(f"  socket: {d['socket']}\n  config: {d['config']}\n  store:  {d['store']}")
     rows = [("SERVER", "STATE", "URL", "DETAIL")]
     for s in status["servers"]:
@@ -63,8 +64,12 @@ def _status_details(s: dict[str, Any]) -> list[tuple[str, str]]:
         )
         if s.get(key)
     ]
+    if s.get("aliases"):
+        details.append(("same grant as", ", ".join(s["aliases"])))
     if s.get("last_error"):
         details.append(("last error", f"[{s.get('last_error_class') or 'error'}] {s['last_error']}"))
+    if s.get("unanswered_refresh"):
+        details.append(("unanswered", str(s["unanswered_refresh"])))
     if s.get("login_url"):
         details.append(("login URL", str(s["login_url"])))
     if s.get("hint"):
@@ -73,9 +78,19 @@ def _status_details(s: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    """The config's entries, one per line: name, URL, how it is brokered, and the other names of its grant
+    (entries that name one server share one grant; entries that disagree about its settings are refused)."""
     cfg = load_config(args)
+    grants = {name: g for g in cfg.grants() for name in g.names}
     for server in cfg.servers.values():
         what = server.kind if server.kind != "none" else f"not brokered: {server.reason}"
+        group = grants.get(server.name)
+        if group is not None and len(group.names) > 1:
+            others = ", ".join(n for n in group.names if n != server.name)
+            if group.conflicts:
+                what += f"; refused: same server as {others} with different {', '.join(group.conflicts)}"
+            else:
+                what += f"; same grant as {others}"
         print(f"{server.name}\t{server.url or '-'}\t{what}")
     return EXIT_OK
 

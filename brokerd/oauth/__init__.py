@@ -52,7 +52,13 @@ from brokerd.oauth._registration import Registration, client_auth, client_metada
 from brokerd.oauth._revocation import RevocationOutcome, revoke
 from brokerd.oauth._scopes import MAX_AUTHORIZATIONS, select_scopes, step_up_scopes
 from brokerd.oauth._tokens import TokenSet, bearer_header, refresh
-from brokerd.oauth._urls import UrlPolicy, canonical_resource, is_loopback_host, loopback_redirect_uri
+from brokerd.oauth._urls import (
+    UrlPolicy,
+    canonical_resource,
+    canonical_url,
+    is_loopback_host,
+    loopback_redirect_uri,
+)
 
 __all__ = [
     "MAX_AUTHORIZATIONS",
@@ -87,6 +93,7 @@ __all__ = [
     "bearer_challenge",
     "bearer_header",
     "canonical_resource",
+    "canonical_url",
     "client_auth",
     "client_metadata_document",
     "device_flow",

@@ -42,8 +42,8 @@ class TokenSet(msgspec.Struct, frozen=True, kw_only=True):
     the Secret hooks of :mod:`brokerd.secret`).
 
     ``expires_at`` is absolute wall-clock seconds (None when the server gave no ``expires_in``);
-    ``lifetime`` is the issued ``expires_in``; ``obtained_at`` when the response arrived. ``scopes`` are
-    the granted scopes, or the requested ones when the response did not say.
+    ``obtained_at`` when the response arrived, so the issued lifetime is ``expires_at - obtained_at``.
+    ``scopes`` are the granted scopes, or the requested ones when the response did not say.
     """
 
     access_token: Secret
@@ -53,7 +53,6 @@ class TokenSet(msgspec.Struct, frozen=True, kw_only=True):
     token_type: str = _BEARER
     refresh_token: Secret | None = None
     expires_at: float | None = None
-    lifetime: float | None = None
     obtained_at: float = 0.0
     scopes: tuple[str, ...] = ()
     resource: str | None = None
@@ -164,7 +163,6 @@ def parse_token_response(
         token_type=_BEARER,
         refresh_token=refresh_token,
         expires_at=None if lifetime is None else result.received_at + lifetime,
-        lifetime=lifetime,
         obtained_at=result.received_at,
         scopes=scopes,
         resource=resource,

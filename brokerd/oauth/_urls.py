@@ -20,6 +20,7 @@ __all__ = [
     "UrlPolicy",
     "as_metadata_urls",
     "canonical_resource",
+    "canonical_url",
     "check_redirect_uri",
     "is_loopback_host",
     "loopback_redirect_uri",
@@ -138,12 +139,50 @@ def origin(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}"
 
 
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def canonical_url(url: str) -> str:
+    """The one spelling of a server URL: two URLs name the same server exactly when this agrees
+    (DESIGN rule 11). The store keys records by it, the config groups aliases by it, and the NCP import
+    and the client's URL lookup match by it.
+
+    Lower-cases the scheme and host, drops the default port (80 for http, 443 for https), drops the
+    fragment, and drops trailing slashes from the path unless the path is the root (an empty path becomes
+    ``/``). The query, the user part and the case of the path are kept: they can name another resource.
+
+    Raises:
+        ValueError: ``url`` is not absolute (no scheme or no host) or its port is not a number.
+    """
+    parts = urlsplit(url.strip())
+    scheme = parts.scheme.lower()
+    host = parts.hostname  # already lower-cased, brackets of an IPv6 literal removed
+    if not scheme or not host:
+        raise ValueError(f"not an absolute URL: {shown_url(url)!r}")
+    port = parts.port  # raises ValueError for a non-numeric or out-of-range port
+    netloc = f"[{host}]" if ":" in host else host
+    if port is not None and port != _DEFAULT_PORTS.get(scheme):
+        netloc = f"{netloc}:{port}"
+    userinfo, at, _ = parts.netloc.rpartition("@")
+    if at:
+        netloc = f"{userinfo}@{netloc}"
+    path = parts.path.rstrip("/") or "/"
+    return urlunsplit((scheme, netloc, path, parts.query, ""))
+
+
 def canonical_resource(url: str) -> str:
-    """The canonical form of an MCP server URL (A3): lower-case scheme and host, no fragment, no
-    trailing slash. Used as ``resource`` only when the server publishes no protected-resource metadata."""
-    parts = _split(url)
-    path = parts.path.rstrip("/")
-    return urlunsplit((parts.scheme.lower(), parts.netloc.lower(), path, parts.query, ""))
+    """The canonical form of an MCP server URL as a resource indicator (A3): :func:`canonical_url` without
+    the trailing slash of a root path. Used as ``resource`` only when the server publishes no
+    protected-resource metadata.
+
+    Raises:
+        ValueError: as :func:`canonical_url`.
+    """
+    canonical = canonical_url(url)
+    parts = urlsplit(canonical)
+    if parts.path == "/":
+        return urlunsplit((parts.scheme, parts.netloc, "", parts.query, ""))
+    return canonical
 
 
 def prm_urls(server_url: str) -> list[tuple[str, str]]:

@@ -20,7 +20,7 @@ from brokerd.store._file import FileStore
 from brokerd.store._keyring import KEYRING_SERVICE, KeyringStore
 from brokerd.store._naming import canonical_url, server_key
 from brokerd.store._open import DEFAULT_KEYRING_TIMEOUT, open_store
-from brokerd.store.records import DOCUMENT_VERSION, RegistrationRecord, ServerRecord, TokenRecord
+from brokerd.store.records import DOCUMENT_VERSION, RefreshSent, ServerRecord
 
 __all__ = [
     "DEFAULT_KEYRING_TIMEOUT",
@@ -30,7 +30,7 @@ __all__ = [
     "KeyringStore",
     "LoadReport",
     "NoUsableKeyring",
-    "RegistrationRecord",
+    "RefreshSent",
     "ServerRecord",
     "Store",
     "StoreError",
@@ -39,7 +39,6 @@ __all__ = [
     "StoreReadError",
     "StoreUnavailable",
     "StoreWriteError",
-    "TokenRecord",
     "canonical_url",
     "open_store",
     "server_key",

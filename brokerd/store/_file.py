@@ -13,9 +13,11 @@ started always finishes.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,8 @@ import msgspec
 import trio
 
 from brokerd.fsutil import atomic_write, ensure_private_dir, fsync_dir
-from brokerd.secret import dec_hook, enc_hook
+from brokerd.oauth import Registration, TokenSet
+from brokerd.secret import Secret, dec_hook, enc_hook
 from brokerd.store._base import (
     LoadReport,
     StoreInfo,
@@ -32,30 +35,107 @@ from brokerd.store._base import (
     StoreWriteError,
     _StoreBase,
 )
-from brokerd.store._naming import canonical_url, server_key
-from brokerd.store.records import DOCUMENT_VERSION, ServerRecord
+from brokerd.store._naming import canonical_url, digest, server_key
+from brokerd.store.records import DOCUMENT_VERSION, RefreshSent, ServerRecord
 
 __all__ = ["FileStore"]
 
 _DOC_NAME = re.compile(r"^[0-9a-f]{32}\.json$")
-_RECORD_FIELDS = ServerRecord.__struct_fields__
+_TOKEN_SECRETS = ("access_token", "refresh_token")
+_REGISTRATION_SECRETS = ("client_secret", "registration_access_token")
 
 
-class _Document(ServerRecord, kw_only=True):
-    """The stored form of a record: the record's fields plus bookkeeping."""
+def registration_entry(issuer: str, name: str) -> str:
+    """The keyring entry name of a registration's secret ``name`` (see ``_keyring.py``)."""
+    return f"registration:{digest(issuer)}:{name}"
 
+
+def _present(fields: dict[str, Any]) -> dict[str, Any]:
+    # A null stands for "not given": older documents wrote nulls where the record type has a default, and
+    # the keyring backend leaves its secrets' places empty.
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+class _Document(msgspec.Struct, kw_only=True):
+    """The stored form of a :class:`ServerRecord`: its tokens and registrations as the JSON objects the
+    core's types encode to (so that a backend can keep their secrets elsewhere, and older documents with
+    fields nobody reads still load), plus bookkeeping."""
+
+    server_url: str
     version: int = DOCUMENT_VERSION
     #: Names of the secrets kept in the OS keyring for this server (see ``_keyring.py``).
     keyring_entries: list[str] = msgspec.field(default_factory=list)
+    access_key: Secret | None = None
+    tokens: dict[str, Any] | None = None
+    registrations: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)
+    refresh_sent: RefreshSent | None = None
 
-    def record(self) -> ServerRecord:
-        return ServerRecord(**{name: getattr(self, name) for name in _RECORD_FIELDS})
+    def record(self, secrets: Mapping[str, Secret] | None = None) -> ServerRecord:
+        """The record, with ``secrets`` (by keyring entry name) put back in their places. A token set
+        whose access token is missing (its keyring entry is gone) loads as no tokens.
+
+        Raises:
+            msgspec.ValidationError: a field has the wrong type, or a required one is missing.
+        """
+        found = secrets or {}
+        tokens = None
+        if self.tokens is not None:
+            fields = _present(self.tokens)
+            fields.update({n: found[n].reveal() for n in _TOKEN_SECRETS if n in found})
+            if fields.get("access_token"):
+                tokens = msgspec.convert(fields, TokenSet, dec_hook=dec_hook)
+        registrations = {}
+        for issuer, stored in self.registrations.items():
+            fields = {**_present(stored), "issuer": issuer}
+            for name in _REGISTRATION_SECRETS:
+                if (entry := registration_entry(issuer, name)) in found:
+                    fields[name] = found[entry].reveal()
+            registrations[issuer] = msgspec.convert(fields, Registration, dec_hook=dec_hook)
+        return ServerRecord(
+            server_url=self.server_url,
+            access_key=found.get("access_key", self.access_key),
+            tokens=tokens,
+            registrations=registrations,
+            refresh_sent=self.refresh_sent,
+        )
 
     @classmethod
-    def of(cls, record: ServerRecord, keyring_entries: list[str]) -> _Document:
-        fields: dict[str, Any] = {name: getattr(record, name) for name in _RECORD_FIELDS}
-        fields["server_url"] = canonical_url(record.server_url)
-        return cls(**fields, keyring_entries=keyring_entries)
+    def of(cls, record: ServerRecord, *, keep_secrets: bool = True) -> tuple[_Document, dict[str, Secret]]:
+        """The document of ``record``; with ``keep_secrets=False`` its secrets are taken out and returned
+        by keyring entry name (and listed in ``keyring_entries``)."""
+        moved: dict[str, Secret] = {}
+
+        def take(fields: dict[str, Any], names: Sequence[str], entry: Callable[[str], str]) -> dict[str, Any]:
+            for name in names:
+                value = fields.get(name)
+                if not keep_secrets and value is not None:
+                    moved[entry(name)] = Secret(value)
+                    fields[name] = None
+            return fields
+
+        tokens = None
+        if record.tokens is not None:
+            tokens = take(msgspec.to_builtins(record.tokens, enc_hook=enc_hook), _TOKEN_SECRETS, str)
+        registrations = {
+            issuer: take(
+                msgspec.to_builtins(reg, enc_hook=enc_hook),
+                _REGISTRATION_SECRETS,
+                functools.partial(registration_entry, issuer),
+            )
+            for issuer, reg in record.registrations.items()
+        }
+        access_key = record.access_key
+        if not keep_secrets and access_key is not None:
+            moved["access_key"], access_key = access_key, None
+        doc = cls(
+            server_url=canonical_url(record.server_url),
+            keyring_entries=sorted(moved),
+            access_key=access_key,
+            tokens=tokens,
+            registrations=registrations,
+            refresh_sent=record.refresh_sent,
+        )
+        return doc, moved
 
 
 class _Version(msgspec.Struct):
@@ -107,6 +187,7 @@ class _Documents:
         try:
             doc = _decode_document(data)
             stored_url = canonical_url(doc.server_url)
+            doc.record({entry: Secret("-") for entry in doc.keyring_entries})  # the shape, checked now
         except (msgspec.DecodeError, ValueError) as exc:
             raise self._corrupt(
                 path, url, f"not a valid server record ({exc})", move_aside=move_aside
@@ -232,7 +313,7 @@ class FileStore(_StoreBase):
 
     async def save(self, record: ServerRecord) -> None:
         """See :meth:`Store.save`."""
-        doc = _Document.of(record, [])
+        doc, _ = _Document.of(record)
         await trio.to_thread.run_sync(self._documents.write, doc)
 
     async def delete(self, server_url: str) -> None:

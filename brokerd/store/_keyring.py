@@ -30,7 +30,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-import msgspec
 import trio
 from keyring.backend import KeyringBackend
 from keyring.errors import PasswordDeleteError
@@ -45,14 +44,13 @@ from brokerd.store._base import (
     _StoreBase,
 )
 from brokerd.store._file import _Document, _Documents
-from brokerd.store._naming import canonical_url, digest, server_key
+from brokerd.store._naming import canonical_url, server_key
 from brokerd.store.records import ServerRecord
 
 __all__ = ["KEYRING_SERVICE", "KeyringStore", "backend_name"]
 
 KEYRING_SERVICE = "ncp-broker"
 _FIXED_ENTRIES = ("access_key", "access_token", "refresh_token")
-_REGISTRATION_SECRETS = ("client_secret", "registration_access_token")
 _T = TypeVar("_T")
 
 
@@ -60,45 +58,6 @@ def backend_name(backend: KeyringBackend) -> str:
     """The dotted class name of a keyring backend, e.g. ``keyring.backends.SecretService.Keyring``."""
     cls = type(backend)
     return f"{cls.__module__}.{cls.__qualname__}"
-
-
-def _split(record: ServerRecord) -> tuple[ServerRecord, dict[str, Secret]]:
-    """The record with every secret removed, and the secrets by entry name."""
-    secrets: dict[str, Secret] = {}
-    if record.access_key is not None:
-        secrets["access_key"] = record.access_key
-    tokens = record.tokens
-    if tokens is not None:
-        if tokens.access_token is not None:
-            secrets["access_token"] = tokens.access_token
-        if tokens.refresh_token is not None:
-            secrets["refresh_token"] = tokens.refresh_token
-        tokens = msgspec.structs.replace(tokens, access_token=None, refresh_token=None)
-    registrations = {}
-    for issuer, reg in record.registrations.items():
-        for name in _REGISTRATION_SECRETS:
-            value = getattr(reg, name)
-            if value is not None:
-                secrets[f"registration:{digest(issuer)}:{name}"] = value
-        registrations[issuer] = msgspec.structs.replace(
-            reg, client_secret=None, registration_access_token=None
-        )
-    stripped = msgspec.structs.replace(record, access_key=None, tokens=tokens, registrations=registrations)
-    return stripped, secrets
-
-
-def _join(record: ServerRecord, secrets: dict[str, Secret]) -> ServerRecord:
-    """The inverse of :func:`_split`; a secret missing from ``secrets`` keeps the record's own value."""
-    record.access_key = secrets.get("access_key", record.access_key)
-    if record.tokens is not None:
-        record.tokens.access_token = secrets.get("access_token", record.tokens.access_token)
-        record.tokens.refresh_token = secrets.get("refresh_token", record.tokens.refresh_token)
-    for issuer, reg in record.registrations.items():
-        for name in _REGISTRATION_SECRETS:
-            value = secrets.get(f"registration:{digest(issuer)}:{name}")
-            if value is not None:
-                setattr(reg, name, value)
-    return record
 
 
 def _delete_quietly(backend: KeyringBackend, service: str, username: str) -> None:
@@ -154,7 +113,7 @@ class KeyringStore(_StoreBase):
                 missing.append(entry)
             else:
                 found[entry] = value
-        return _join(doc.record(), found), missing
+        return doc.record(found), missing
 
     async def load(self, server_url: str) -> ServerRecord | None:
         """See :meth:`Store.load`. A keyring entry that has vanished loads as a missing secret."""
@@ -173,7 +132,7 @@ class KeyringStore(_StoreBase):
             old = await trio.to_thread.run_sync(self._documents.read, url)
         except StoreReadError:
             old = None  # unreadable: it is about to be replaced anyway
-        stripped, secrets = _split(record)
+        doc, secrets = _Document.of(record, keep_secrets=False)
         for entry, value in secrets.items():
             await self._call(
                 f"storing {entry}",
@@ -183,7 +142,6 @@ class KeyringStore(_StoreBase):
                 value.reveal(),
                 hide=value.reveal(),
             )
-        doc = _Document.of(stripped, sorted(secrets))
         await trio.to_thread.run_sync(self._documents.write, doc)
         for entry in sorted(set(old.keyring_entries if old else ()) - secrets.keys()):
             await self._delete_entry(key, entry)

@@ -37,8 +37,8 @@ async def test_inline_key_is_served(tmp_path: Path) -> None:
     """A bearer entry with NCP's inline auth.token serves that key."""
     broker, _, _ = make_broker(tmp_path)
     result = await broker.handle(wire.GetToken(server="inline"))
-    assert result["token"] == Secret("inline-key-123")
-    assert result["expires_at"] is None
+    assert result.token == Secret("inline-key-123")
+    assert result.expires_at is None
 
 
 async def test_stored_key_missing_needs_login_with_add_command(tmp_path: Path) -> None:
@@ -50,7 +50,7 @@ async def test_stored_key_missing_needs_login_with_add_command(tmp_path: Path) -
     assert err.value.hint == "ncp-broker add stored https://b.example/mcp --access-key -"
     await broker.handle(wire.SetAccessKey(server="stored", key=Secret("k-456")))
     assert await keys.load_access_key("https://b.example/mcp") == Secret("k-456")
-    assert (await broker.handle(wire.GetToken(server="stored")))["token"] == Secret("k-456")
+    assert (await broker.handle(wire.GetToken(server="stored"))).token == Secret("k-456")
 
 
 async def test_unknown_server_lists_known_ones(tmp_path: Path) -> None:
@@ -101,7 +101,7 @@ async def test_bad_reload_keeps_running_config(tmp_path: Path) -> None:
     assert err.value.code == "config_error"
     assert str(path) in err.value.message
     assert '$.mcpServers["inline"].url' in err.value.message
-    assert (await broker.handle(wire.GetToken(server="inline")))["token"] == Secret("inline-key-123")
+    assert (await broker.handle(wire.GetToken(server="inline"))).token == Secret("inline-key-123")
 
 
 async def test_reload_reports_changes_and_keeps_unchanged_actors(tmp_path: Path) -> None:

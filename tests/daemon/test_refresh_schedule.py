@@ -20,9 +20,11 @@ import trio.testing
 
 from brokerd.callback import CallbackHub
 from brokerd.config import OAuthSettings, Server
-from brokerd.grant import ON_DEMAND_RETRY, REFRESH_JOIN_WAIT, OAuthActor, OAuthContext
+from brokerd.grant import OAuthActor, OAuthContext
+from brokerd.oauth import Registration, TokenSet
+from brokerd.renewal import JOIN_WAIT, ON_DEMAND_RETRY
 from brokerd.secret import Secret
-from brokerd.store import RegistrationRecord, ServerRecord, StoreError, StoreInfo, TokenRecord
+from brokerd.store import ServerRecord, StoreError, StoreInfo
 from brokerd.store._base import LoadReport
 from brokerd.wire import WireError
 
@@ -103,11 +105,10 @@ def seeded_store(lifetime: float) -> MemoryStore:
     store = MemoryStore()
     store.records[URL] = ServerRecord(
         server_url=URL,
-        tokens=TokenRecord(
+        tokens=TokenSet(
             access_token=Secret("at-0"),
             refresh_token=Secret("rt-0"),
             expires_at=lifetime,
-            issued_lifetime=lifetime,
             obtained_at=0.0,
             token_endpoint=TOKEN_ENDPOINT,
             issuer=ISSUER,
@@ -115,7 +116,7 @@ def seeded_store(lifetime: float) -> MemoryStore:
             client_id="client-1",
             revocation_endpoint=f"{ISSUER}/revoke",
         ),
-        registrations={ISSUER: RegistrationRecord(client_id="client-1")},
+        registrations={ISSUER: Registration(issuer=ISSUER, client_id="client-1")},
     )
     return store
 
@@ -294,7 +295,7 @@ async def test_logout_racing_a_refresh_revokes_the_new_grant_and_nothing_comes_b
         endpoint.gate.set()
     assert endpoint.revoked[0] == "rt-1"  # refresh token first, and the new one
     assert logout["had_grant"] is True
-    # The caller waited REFRESH_JOIN_WAIT, then took the still-valid token (or got the new one, or, had the
+    # The caller waited JOIN_WAIT, then took the still-valid token (or got the new one, or, had the
     # logout finished first, needs_login): never a spent or revoked one.
     assert answers in ([Secret("at-0")], [Secret("at-1")], ["needs_login"])
     with pytest.raises(WireError) as err:
@@ -338,7 +339,7 @@ async def test_a_stalled_refresh_keeps_callers_waiting_no_longer_than_the_join_w
     harness: Callable[[float], tuple[OAuthActor, TokenEndpoint, MemoryStore]],
     autojump_clock: trio.testing.MockClock,  # pytest-trio runs the test on it only if the test asks
 ) -> None:
-    """T5: an authorization server that takes its time does not hold requests past REFRESH_JOIN_WAIT: the
+    """T5: an authorization server that takes its time does not hold requests past JOIN_WAIT: the
     still-valid token is served, and once it has expired, as_unreachable comes just as fast."""
     actor, endpoint, _ = harness(60)
     await actor.get_token(0)
@@ -346,13 +347,13 @@ async def test_a_stalled_refresh_keeps_callers_waiting_no_longer_than_the_join_w
     await trio.sleep(45)  # the refresh at 40 s is stuck
     start = trio.current_time()
     assert (await actor.get_token(30)).token == Secret("at-0")  # 15 s left, less than asked: still served
-    assert trio.current_time() - start == REFRESH_JOIN_WAIT
+    assert trio.current_time() - start == JOIN_WAIT
     await trio.sleep(20)  # expired now
     start = trio.current_time()
     with pytest.raises(WireError) as err:
         await actor.get_token(0)
     assert err.value.code == "as_unreachable"
-    assert trio.current_time() - start == REFRESH_JOIN_WAIT
+    assert trio.current_time() - start == JOIN_WAIT
     endpoint.gate.set()  # the attempt in flight (a retry: the first one timed out) is answered
     await trio.sleep(0.1)
     assert (await actor.get_token(0)).token not in (Secret("at-0"), Secret("at-1"))
@@ -367,7 +368,7 @@ async def test_expired_token_retries_on_demand_ahead_of_a_long_backoff(
     again itself (at most every ON_DEMAND_RETRY s), so a recovered server is used at once. A server that
     said Retry-After is left alone until then."""
     actor, endpoint, _ = harness(60)
-    actor._ctx.jitter = lambda: 1.0  # backoff at the top of its range, to reach the 5-minute cap quickly
+    actor.ctx.jitter = lambda: 1.0  # backoff at the top of its range, to reach the 5-minute cap quickly
     await actor.get_token(0)
     endpoint.retry_after = None
     endpoint.fail_next = 10_000

@@ -52,7 +52,7 @@ async def test_import_takes_over_ncps_grant_and_lists_what_it_cannot_match(
         "tokens": {
             "access_token": tokens.access_token.reveal(),
             "token_type": "Bearer",
-            "expires_in": tokens.lifetime,
+            "expires_in": None if tokens.expires_at is None else tokens.expires_at - tokens.obtained_at,
             "refresh_token": tokens.refresh_token.reveal(),
             "scope": " ".join(tokens.scopes),
         },

@@ -53,7 +53,7 @@ pytestmark = pytest.mark.integration
 
 NAME = "srv"
 TTL = 3  # access-token lifetime at the authorization server, seconds
-# DESIGN.md rule 9 and brokerd/schedule.py: a token is refreshed at two thirds of its issued lifetime. The
+# DESIGN.md rule 9 and brokerd/renewal.py: a token is refreshed at two thirds of its issued lifetime. The
 # jitter (up to a tenth) is capped by the margin of a third of the lifetime, and a request refreshes at the
 # same point (it needs min(min_ttl + 1 s, lifetime / 3) left), so for a 3-second token every refresh
 # starts exactly 2 s after the previous token arrived — never earlier.

@@ -241,14 +241,15 @@ def test_edit_refuses_to_write_a_config_that_does_not_parse(tmp_path: Path) -> N
     [
         ("https://MCP.example.com/api/", "my-oauth-mcp"),
         ("https://mcp.example.com/api", "my-oauth-mcp"),
+        ("https://mcp.example.com:443/api#x", "my-oauth-mcp"),
         ("https://mcp.example.com/other", None),
+        ("not a url", None),
     ],
 )
 def test_find_by_url_ignores_trailing_slash_and_host_case(url: str, found: str | None) -> None:
-    """Header-helper hosts may pass the URL with another case or a trailing slash."""
+    """Header-helper hosts may pass the URL with another case, a trailing slash or the default port."""
     cfg = config.parse(json.dumps(NCP_EXAMPLE).encode())
-    server = cfg.find_by_url(url)
-    assert (server.name if server else None) == found
+    assert [s.name for s in cfg.find_by_url(url)] == ([found] if found else [])
 
 
 def test_insecure_config_with_secrets_is_warned_about(tmp_path: Path) -> None:

@@ -28,7 +28,7 @@ from brokerd.ncp_import import (
     scan,
 )
 from brokerd.secret import Secret, dec_hook, enc_hook
-from brokerd.store import RegistrationRecord, ServerRecord, TokenRecord
+from brokerd.store import ServerRecord
 
 NOW = 1_900_000_000.0
 URL_A = "https://mcp.example.com/api"
@@ -385,12 +385,9 @@ def _item(tmp_path: Path, state: dict[str, Any], **oauth21: Any) -> ImportItem:
     return item
 
 
-def test_to_record_binds_the_grant_to_the_discovered_issuer(tmp_path: Path) -> None:
-    record = _item(tmp_path, _state()).to_record(_discovery())
-    tokens = record.tokens
-    assert tokens is not None
-    assert record.server_url == URL_A
-    # Everything grant._token_set needs to load a usable grant:
+def test_bind_binds_the_grant_to_the_discovered_issuer(tmp_path: Path) -> None:
+    """The grant and its client are bound to the issuer, endpoints and resource discovery found."""
+    tokens, reg = _item(tmp_path, _state()).bind(_discovery())
     assert (tokens.issuer, tokens.client_id, tokens.token_endpoint) == (
         ISSUER,
         "ncp-client-1",
@@ -398,18 +395,19 @@ def test_to_record_binds_the_grant_to_the_discovered_issuer(tmp_path: Path) -> N
     )
     assert tokens.access_token == Secret(SECRETS[0])
     assert tokens.refresh_token == Secret(SECRETS[1])
-    assert (tokens.obtained_at, tokens.expires_at, tokens.issued_lifetime) == (NOW - 600, NOW + 3000, 3600)
+    assert (tokens.obtained_at, tokens.expires_at) == (NOW - 600, NOW + 3000)
     assert tokens.resource == URL_A
     assert tokens.revocation_endpoint == f"{ISSUER}/revoke"
-    assert tokens.scopes == ["read", "write"]
-    reg = record.registrations[ISSUER]
-    assert (reg.client_id, reg.source, reg.token_endpoint_auth_method, reg.client_secret) == (
+    assert tokens.scopes == ("read", "write")
+    assert (reg.issuer, reg.client_id, reg.source, reg.token_endpoint_auth_method, reg.client_secret) == (
+        ISSUER,
         "ncp-client-1",
         "dynamic",
         "none",
         None,
     )
     # It survives the store's encoding, secrets included.
+    record = ServerRecord(server_url=URL_A, tokens=tokens, registrations={ISSUER: reg})
     data = msgspec.json.encode(record, enc_hook=enc_hook)
     assert msgspec.json.decode(data, type=ServerRecord, dec_hook=dec_hook) == record
 
@@ -426,7 +424,7 @@ def test_unrecorded_auth_method_is_chosen_from_discovery(
     tmp_path: Path, methods: tuple[str, ...] | None, expected: str
 ) -> None:
     item = _item(tmp_path, _state(), clientId="configured-id", clientSecret=SECRETS[2])
-    reg = item.to_record(_discovery(methods=methods)).registrations[ISSUER]
+    _, reg = item.bind(_discovery(methods=methods))
     assert (reg.client_id, reg.source, reg.token_endpoint_auth_method) == (
         "configured-id",
         "preregistered",
@@ -438,7 +436,7 @@ def test_unrecorded_auth_method_is_chosen_from_discovery(
 def test_no_usable_auth_method_is_a_policy_error(tmp_path: Path) -> None:
     item = _item(tmp_path, _state(), clientId="configured-id", clientSecret=SECRETS[2])
     with pytest.raises(oauth.PolicyError):
-        item.to_record(_discovery(methods=("private_key_jwt",)))
+        item.bind(_discovery(methods=("private_key_jwt",)))
 
 
 @pytest.mark.parametrize("stamp", [ISSUER, ISSUER + "/", "HTTPS://AUTH.example.com:443/"])
@@ -446,13 +444,13 @@ def test_sdk_issuer_stamp_that_matches(tmp_path: Path, stamp: str) -> None:
     """Newer SDKs stamp String(authorizationServerUrl) onto what NCP saves; one slash apart still matches."""
     item = _item(tmp_path, _state(tokens=_tokens(issuer=stamp), clientInfo=_client_info(issuer=stamp)))
     assert item.issuer_stamp == stamp
-    assert item.to_record(_discovery()).registrations.keys() == {ISSUER}
+    assert item.bind(_discovery())[1].issuer == ISSUER
 
 
 def test_sdk_issuer_stamp_elsewhere_refuses_to_bind(tmp_path: Path) -> None:
     item = _item(tmp_path, _state(tokens=_tokens(issuer="https://old-auth.example.com/")))
     with pytest.raises(ImportBindError, match="old-auth") as err:
-        item.to_record(_discovery())
+        item.bind(_discovery())
     assert SECRETS[1] not in str(err.value)
 
 
@@ -465,27 +463,4 @@ def test_conflicting_stamps_are_listed(tmp_path: Path) -> None:
 
 def test_discovery_for_another_server_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ImportBindError, match="another server"):
-        _item(tmp_path, _state()).to_record(_discovery(server_url=URL_B))
-
-
-def test_existing_grant_is_kept_unless_replace(tmp_path: Path) -> None:
-    other = RegistrationRecord(client_id="other-client")
-    existing = ServerRecord(
-        server_url=URL_A,
-        tokens=TokenRecord(access_token=Secret("broker-own")),
-        registrations={"https://other-issuer.example": other},
-    )
-    item = _item(tmp_path, _state())
-    with pytest.raises(ImportBindError, match="already holds a grant"):
-        item.to_record(_discovery(), existing=existing)
-    record = item.to_record(_discovery(), existing=existing, replace=True)
-    assert record.tokens is not None
-    assert record.tokens.access_token == Secret(SECRETS[0])
-    assert record.registrations["https://other-issuer.example"] == other
-    assert set(record.registrations) == {"https://other-issuer.example", ISSUER}
-
-
-def test_existing_record_without_tokens_keeps_its_other_parts(tmp_path: Path) -> None:
-    existing = ServerRecord(server_url=URL_A, discovery={"cached": True})
-    record = _item(tmp_path, _state()).to_record(_discovery(), existing=existing)
-    assert record.discovery == {"cached": True}
+        _item(tmp_path, _state()).bind(_discovery(server_url=URL_B))

@@ -1,4 +1,5 @@
-"""DESIGN rule 1: the OAuth core is pure: no I/O libraries, no clock, no randomness."""
+"""DESIGN rules 1 and 13: the OAuth core, the renewal machine and the schedule are pure: no I/O libraries,
+no clock, no randomness."""
 
 from __future__ import annotations
 
@@ -39,12 +40,14 @@ FORBIDDEN_CALLS = frozenset(
     {"now", "utcnow", "today", "time", "time_ns", "monotonic", "urandom", "token_bytes"}
 )
 PACKAGE = Path(brokerd.oauth.__file__).parent
+PURE_MODULES = [*sorted(PACKAGE.glob("*.py")), PACKAGE.parent / "renewal.py", PACKAGE.parent / "schedule.py"]
 
 
 def test_import_loads_no_io_modules() -> None:
-    """Rule 1: importing brokerd.oauth (and .testing) loads no trio, httpx, keyring, socket, ssl, asyncio."""
+    """Rules 1 and 13: importing brokerd.oauth (and .testing), brokerd.renewal and brokerd.schedule loads no
+    trio, httpx, keyring, socket, ssl, asyncio."""
     code = (
-        "import sys, brokerd.oauth, brokerd.oauth.testing\n"
+        "import sys, brokerd.oauth, brokerd.oauth.testing, brokerd.renewal, brokerd.schedule\n"
         f"loaded = [m for m in {FORBIDDEN_LOADED!r} if m in sys.modules]\n"
         "print(','.join(loaded))\n"
     )
@@ -54,7 +57,7 @@ def test_import_loads_no_io_modules() -> None:
     assert result.stdout.strip() == ""
 
 
-@pytest.mark.parametrize("module", sorted(PACKAGE.glob("*.py")), ids=lambda p: p.name)
+@pytest.mark.parametrize("module", PURE_MODULES, ids=lambda p: p.name)
 def test_modules_import_nothing_impure(module: Path) -> None:
     """Rule 1: no module of the core imports a clock, randomness, logging or an I/O library."""
     tree = ast.parse(module.read_text())

@@ -11,6 +11,7 @@ import base64
 import configparser
 import errno
 import hashlib
+import json
 import os
 import stat
 import threading
@@ -29,18 +30,18 @@ from keyring.errors import PasswordDeleteError
 from keyrings.alt.file import PlaintextKeyring
 
 from brokerd.fsutil import UnsafePathError
+from brokerd.oauth import Registration, TokenSet
 from brokerd.secret import Secret
 from brokerd.store import (
     KEYRING_SERVICE,
     FileStore,
     NoUsableKeyring,
-    RegistrationRecord,
+    RefreshSent,
     ServerRecord,
     Store,
     StoreReadError,
     StoreUnavailable,
     StoreWriteError,
-    TokenRecord,
     canonical_url,
     open_store,
     server_key,
@@ -64,37 +65,37 @@ def full_record(url: str = URL_A, tag: str = "") -> ServerRecord:
     return ServerRecord(
         server_url=url,
         access_key=Secret(ak),
-        tokens=TokenRecord(
+        tokens=TokenSet(
             access_token=Secret(at),
             refresh_token=Secret(rt),
             expires_at=1_900_000_000.0,
-            issued_lifetime=3600.0,
-            scopes=["read", "write"],
+            scopes=("read", "write"),
             token_endpoint=f"{ISSUER}/token",
             issuer=ISSUER,
+            client_id="client-123",
             resource=url,
             obtained_at=1_899_996_400.0,
         ),
         registrations={
-            ISSUER: RegistrationRecord(
+            ISSUER: Registration(
+                issuer=ISSUER,
                 client_id="client-123",
                 client_secret=Secret(cs),
                 token_endpoint_auth_method="client_secret_basic",
-                redirect_uris=["http://127.0.0.1:9876/callback"],
+                redirect_uris=("http://127.0.0.1:9876/callback",),
                 registered_at=1_800_000_000.0,
                 registration_client_uri=f"{ISSUER}/register/client-123",
                 registration_access_token=Secret(rat),
-                client_id_issued_at=1_800_000_000.0,
                 client_secret_expires_at=0.0,
             )
         },
-        discovery={"authorization_servers": [ISSUER]},
+        refresh_sent=RefreshSent(token_digest="0123456789abcdef", sent_at=1_899_999_000.0),
     )
 
 
 def plain_record(url: str = URL_B) -> ServerRecord:
     """A record without any secret: nothing of it goes to the keyring."""
-    return ServerRecord(server_url=url, discovery={"resource": url})
+    return ServerRecord(server_url=url)
 
 
 class MemoryKeyring(KeyringBackend):
@@ -243,7 +244,7 @@ async def test_save_replaces_and_drops_removed_secrets(store: Store, backend: Ba
     await store.save(full_record(tag="-old"))
     newer = full_record(tag="-new")
     assert newer.tokens is not None
-    newer.tokens.refresh_token = None
+    newer.tokens = msgspec.structs.replace(newer.tokens, refresh_token=None)
     newer.access_key = None
     await store.save(newer)
     assert await store.load(URL_A) == newer
@@ -683,3 +684,80 @@ def test_server_key_is_truncated_sha256_of_canonical_url() -> None:
     """server_key is the first 32 hex characters of SHA-256 of the canonical URL."""
     expected = hashlib.sha256(URL_A.encode()).hexdigest()[:32]
     assert server_key("HTTPS://mcp.example.com:443/api/") == expected
+
+
+# --- documents written by ncp-broker 0.1.0 (tests/unit/data, made with that release's own store) ------
+
+DATA = Path(__file__).parent / "data"
+OLD_ISSUER = "https://auth.example.com"
+OLD_URL = "https://mcp.example.com/api"
+
+
+def _old_release_record() -> ServerRecord:
+    """What 0.1.0 was given to save, in today's model (its issued_lifetime and client_id_issued_at are
+    fields nobody read, now dropped; a null registered_at is "not given")."""
+    return ServerRecord(
+        server_url=OLD_URL,
+        tokens=TokenSet(
+            access_token=Secret("at-old-release"),
+            refresh_token=Secret("rt-old-release"),
+            expires_at=1_900_000_000.0,
+            scopes=("read", "write"),
+            token_endpoint=f"{OLD_ISSUER}/token",
+            issuer=OLD_ISSUER,
+            client_id="client-123",
+            resource=OLD_URL,
+            obtained_at=1_899_996_400.0,
+            revocation_endpoint=f"{OLD_ISSUER}/revoke",
+        ),
+        registrations={
+            OLD_ISSUER: Registration(
+                issuer=OLD_ISSUER,
+                client_id="client-123",
+                client_secret=Secret("cs-old-release"),
+                token_endpoint_auth_method="client_secret_basic",
+                redirect_uris=("http://127.0.0.1:9876/callback",),
+                registration_client_uri=f"{OLD_ISSUER}/register/client-123",
+                registration_access_token=Secret("rat-old-release"),
+                client_secret_expires_at=0.0,
+                grant_types=("authorization_code", "refresh_token"),
+            )
+        },
+    )
+
+
+def _install_old_document(data_dir: Path, name: str) -> Path:
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = doc_path(data_dir, OLD_URL)
+    path.write_bytes((DATA / name).read_bytes())
+    path.chmod(0o600)
+    return path
+
+
+async def test_a_file_document_of_the_previous_release_loads(data_dir: Path) -> None:
+    """Item 7 of "nothing loses a grant": the store now keeps the core's TokenSet and Registration, and
+    a document 0.1.0 wrote (TokenRecord/RegistrationRecord, issued_lifetime, discovery) still loads."""
+    _install_old_document(data_dir, "store-0.1.0-file.json")
+    store = open_store("file", data_dir)
+    assert await store.load(OLD_URL) == _old_release_record()
+    assert (await store.load_all()).problems == []
+
+
+async def test_a_keyring_document_of_the_previous_release_loads(data_dir: Path) -> None:
+    """The same for the keyring backend: the document's secret fields are null, the secrets in entries."""
+    _install_old_document(data_dir, "store-0.1.0-keyring.json")
+    entries = json.loads((DATA / "store-0.1.0-keyring-entries.json").read_text())
+    backend = MemoryKeyring({(KEYRING_SERVICE, user): value for user, value in entries.items()})
+    store = open_store("keyring", data_dir, keyring_backend=backend)
+    assert await store.load(OLD_URL) == _old_release_record()
+    await store.save(await store.load(OLD_URL) or plain_record())  # written back in today's format
+    assert await store.load(OLD_URL) == _old_release_record()
+
+
+async def test_a_saved_document_holds_no_dropped_fields(data_dir: Path) -> None:
+    """Fields nobody reads (issued_lifetime, lifetime, discovery, client_id_issued_at) are not written."""
+    store = open_store("file", data_dir)
+    await store.save(full_record())
+    text = doc_path(data_dir, URL_A).read_text()
+    for dropped in ("issued_lifetime", '"lifetime"', '"discovery"', "client_id_issued_at"):
+        assert dropped not in text

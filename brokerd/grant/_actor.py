@@ -1,0 +1,422 @@
+"""The OAuth actor: the one owner of a server's grant, carrying out what the renewal machine decides.
+
+What it guarantees (DESIGN rules 2-5, 10, 11):
+
+* **One grant per server.** One actor per canonical server URL; every alias of the server reaches it.
+* **Single flight.** At most one renewal runs at a time, as a task of the daemon's work nursery, not of the
+  caller who asked: a client that hangs up cancels nothing.
+* **An exchange once sent is finished.** A renewal is shielded from cancellation from the moment it is
+  marked as sent until its answer is persisted; only its own timeout (the HTTP driver's) ends it early. A
+  stop or a reload waits for it.
+* **Persist before you hand out.** A new token set is written to the store before anyone gets its access
+  token. If the write fails the tokens stay in memory, ``status`` says ``degraded``, and the next request
+  retries the write.
+* **Transient is not definitive.** Only ``invalid_grant`` and friends end the grant; anything else keeps it
+  and backs off (the machine decides when to try again).
+
+Login, step-up, logout, invalidation, NCP import and status live in the modules beside this one; they
+change the grant only through :class:`~brokerd.grant._grant.Grant`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
+
+import trio
+
+from brokerd import oauth, renewal
+from brokerd.actors import Actor, LoginMode
+from brokerd.config import Server
+from brokerd.grant import _forget, _import, _status
+from brokerd.grant._context import OAuthContext
+from brokerd.grant._grant import Grant
+from brokerd.grant._login import Logins
+from brokerd.oauth import canonical_url
+from brokerd.oauth_driver import drive, send
+from brokerd.secret import Secret
+from brokerd.store import Store
+from brokerd.wire import TokenResult, WireError
+
+if TYPE_CHECKING:
+    from brokerd.ncp_import import ImportItem
+
+__all__ = ["OAuthActor"]
+
+log = logging.getLogger("brokerd.grant")
+
+_T = TypeVar("_T")
+
+
+async def _no_device_code(effect: oauth.ShowDeviceCode) -> None:
+    raise AssertionError("this flow shows no device code")
+
+
+async def _no_redirect(effect: oauth.AwaitRedirect) -> Mapping[str, str]:
+    raise AssertionError("this flow does not redirect")
+
+
+@dataclass
+class _Renewal:
+    """The renewal in flight; every caller who needs it waits on ``done``."""
+
+    done: trio.Event = field(default_factory=trio.Event)
+
+
+class OAuthActor(Actor):
+    kind = "oauth"
+
+    def __init__(self, server: Server, store: Store, ctx: OAuthContext, aliases: Sequence[str] = ()) -> None:
+        assert server.url is not None
+        assert server.oauth is not None
+        super().__init__(server, aliases)
+        self._ctx = ctx
+        self.grant = Grant(canonical_url(server.url), store, ctx, label=lambda: self.label, on_due=self._due)
+        self.logins = Logins(self)
+        self._renewal: _Renewal | None = None
+        self._closed = False
+
+    # ---- settings ---------------------------------------------------------------------------------
+
+    @property
+    def ctx(self) -> OAuthContext:
+        return self._ctx
+
+    @property
+    def settings(self) -> Any:
+        assert self.server.oauth is not None
+        return self.server.oauth
+
+    @property
+    def policy(self) -> oauth.UrlPolicy:
+        return oauth.UrlPolicy(
+            allow_insecure_loopback=self.server.allow_insecure_loopback,
+            allow_private_network=self.server.allow_private_network,
+        )
+
+    def accepts(self, server: Server) -> bool:
+        """Any OAuth entry for this same server keeps the grant; new settings apply from the next login."""
+        return (
+            server.kind == "oauth" and server.url is not None and canonical_url(server.url) == self.grant.key
+        )
+
+    # ---- life -------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        try:
+            await self.grant.load()
+        except WireError as exc:
+            log.error("%s", exc.message)
+
+    def close(self) -> None:
+        self._closed = True
+        self.grant.apply(renewal.Closed())
+        self.logins.cancel()
+
+    def reopen(self) -> None:
+        self._closed = False
+        self.grant.apply(renewal.Closed(closed=False))
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def stopping_error(self, what: str) -> WireError:
+        return WireError(
+            "stopping",
+            f"{self.label}: ncp-broker is stopping and starts no new {what}",
+            "wait for it to stop, then: ncp-broker start",
+        )
+
+    # ---- errors -----------------------------------------------------------------------------------
+
+    def needs_login(self, why: str) -> WireError:
+        return WireError("needs_login", f"{self.label}: {why}", f"ncp-broker login {self.server.name}")
+
+    def _refused(self, decision: renewal.Decision) -> WireError:
+        grant = self.grant
+        match decision.action:
+            case renewal.Action.NEEDS_LOGIN:
+                if self.logins.pending is not None:
+                    return self.logins.pending_error(self.logins.pending)
+                if grant.tokens is None and grant.last_error_class in (
+                    "grant_ended",
+                    "authorization_server_moved",
+                ):
+                    return self.needs_login(grant.last_error or decision.why)
+                return self.needs_login(decision.why)
+            case renewal.Action.STOPPING:
+                return self.stopping_error("token refreshes")
+        retry_at = grant.state.retry_at
+        retry = f"; next try at {time.ctime(retry_at)}" if retry_at is not None else ""
+        why = grant.last_error or decision.why
+        return WireError(
+            "as_unreachable",
+            f"{self.label}: the token has expired and cannot be refreshed now ({why}){retry}",
+            f"wait for the authorization server; see: ncp-broker status {self.server.name}",
+        )
+
+    # ---- tokens -----------------------------------------------------------------------------------
+
+    async def get_token(self, min_ttl: float) -> TokenResult:
+        """A token with ``min_ttl`` left (capped for short-lived tokens), renewing first if needed.
+
+        Waits at most :data:`renewal.JOIN_WAIT` for a renewal (T5): then the still-valid token, or
+        ``as_unreachable`` once it has expired.
+        """
+        return await self.serve(min_ttl)
+
+    async def serve(self, min_ttl: float, *, refused: Secret | None = None) -> TokenResult:
+        """Carry out the machine's decisions for one caller until it says serve or refuse.
+
+        ``refused`` is a token the resource answered 401 to: while it is the one held, it counts as
+        expired.
+        """
+        grant = self.grant
+        await grant.load()
+        if grant.unsaved and grant.tokens is not None:
+            with trio.CancelScope(shield=True):
+                await grant.save()
+        clock = self._ctx.clock
+        asked_at = clock()
+        while True:
+            tokens = grant.tokens
+            decision = renewal.decide(
+                grant.state,
+                now=clock(),
+                min_ttl=min_ttl,
+                asked_at=asked_at,
+                refused=refused is not None and tokens is not None and tokens.access_token == refused,
+            )
+            match decision.action:
+                case renewal.Action.SERVE:
+                    assert tokens is not None
+                    return TokenResult.at(clock(), tokens.access_token, tokens.token_type, tokens.expires_at)
+                case renewal.Action.RENEW:
+                    self._start_renewal()
+                    await self._join(decision.wait)
+                case renewal.Action.JOIN:
+                    await self._join(decision.wait)
+                case renewal.Action.PAUSE:
+                    await trio.sleep(decision.wait)
+                case _:
+                    raise self._refused(decision)
+
+    async def token_rejected(self, token: Secret, www_authenticate: str | None = None) -> TokenResult:
+        """The resource answered 401 to ``token``: renew it if it is still the one held (compare and swap),
+        else answer the newer one. With the 401's header, first check that the server has not moved to
+        another authorization server (D7)."""
+        grant = self.grant
+        await grant.load()
+        tokens = grant.tokens
+        if tokens is not None and tokens.access_token == token and www_authenticate is not None:
+            await self._follow_authorization_server(tokens, www_authenticate)
+        return await self.serve(0, refused=token)
+
+    async def _follow_authorization_server(self, tokens: oauth.TokenSet, www_authenticate: str) -> None:
+        """D7: a refused token may mean the server moved to another authorization server. Rediscover; if the
+        protected resource metadata now leads elsewhere, end this grant (no token or client of the old
+        issuer is ever sent to the new one) and ask for a login there. A failed discovery changes nothing:
+        the caller renews as usual."""
+        challenge = oauth.bearer_challenge(www_authenticate)
+        try:
+            discovery = await self.drive(
+                oauth.discover(self.server.url or "", policy=self.policy, challenge=challenge)
+            )
+        except oauth.OAuthError as exc:
+            log.info("%s: rediscovery after a refused token failed (%s); refreshing", self.label, exc)
+            return
+        if discovery.issuer == tokens.issuer:
+            return
+        await self.settle()
+        grant = self.grant
+        if grant.tokens is not tokens:
+            return  # renewed or replaced meanwhile: the caller tries the newer token
+        moved = f"the server moved from {tokens.issuer} to {discovery.issuer}"
+        grant.drop(renewal.Forgotten())
+        grant.note_error("authorization_server_moved", moved)
+        with trio.CancelScope(shield=True):
+            await grant.save()
+        log.warning("%s: %s; a login there is needed", self.label, moved)
+        raise self.needs_login(f"{moved}; log in there")
+
+    # ---- renewal ----------------------------------------------------------------------------------
+
+    def _start_renewal(self) -> None:
+        tokens = self.grant.tokens
+        assert tokens is not None
+        assert self._renewal is None
+        self.grant.apply(renewal.Sent(self._ctx.clock()))
+        self._renewal = _Renewal()
+        self._ctx.nursery.start_soon(self._run_renewal, tokens, self._renewal)
+
+    async def _join(self, wait: float) -> None:
+        current = self._renewal
+        if current is not None and wait > 0:
+            with trio.move_on_after(wait):
+                await current.done.wait()
+
+    async def settle(self) -> None:
+        """Wait until no renewal is in flight (logout and invalidate act on what it produced). Returns
+        with none in flight and no checkpoint since: the caller may change the grant at once."""
+        while (current := self._renewal) is not None:
+            await current.done.wait()
+
+    async def renew_and_wait(self) -> None:
+        """Renew now (or join the renewal in flight) and wait for it to end, however long: for an import
+        that proves the grant it took over."""
+        await self.settle()
+        if not self.closed and self.grant.tokens is not None and self.grant.tokens.refresh_token is not None:
+            self._start_renewal()
+            await self.settle()
+
+    async def _due(self) -> None:
+        """The timer's call: renew, unless a request did it first or there is nothing to do. Never raises."""
+        if self._renewal is None and renewal.due(self.grant.state, self._ctx.clock()):
+            self._start_renewal()
+
+    async def _run_renewal(self, seen: oauth.TokenSet, current: _Renewal) -> None:
+        # DESIGN rule 10: from here to the persisted answer nothing cancels the exchange: not the caller,
+        # not a stop, not a reload. The HTTP driver's own timeout bounds it.
+        with trio.CancelScope(shield=True):
+            try:
+                await self._renew(seen)
+            except Exception:
+                log.exception("%s: the refresh crashed", self.label)
+                if self.grant.state.phase is renewal.Phase.IN_FLIGHT:
+                    self.grant.apply(renewal.Failed(self._ctx.clock(), self._ctx.jitter()))
+            finally:
+                self._renewal = None
+                current.done.set()
+
+    async def _renew(self, seen: oauth.TokenSet) -> None:
+        grant = self.grant
+        registration = grant.registrations.get(seen.issuer)
+        if registration is None:
+            self._grant_ended(seen, "the client registration for this grant is gone", client_rejected=False)
+            await grant.save()
+            return
+        await grant.mark_sent(seen)
+        try:
+            new = await self.drive(oauth.refresh(seen, registration, policy=self.policy))
+        except oauth.GrantEndedError as exc:
+            grant.sent_ended(answered=True)
+            if grant.tokens is seen:
+                self._grant_ended(seen, exc.message, client_rejected=exc.client_rejected)
+            else:
+                grant.apply(renewal.Settled())
+            await grant.save()
+            return
+        except oauth.OAuthError as exc:
+            # Transient (network, 408, 429, 5xx) or a refusal that does not end the grant: keep it.
+            transient = isinstance(exc, oauth.TransientError)
+            answered = not isinstance(exc, oauth.TransientError) or exc.status is not None
+            grant.sent_ended(answered=answered)
+            if grant.tokens is not seen:
+                grant.apply(renewal.Settled())
+                return
+            retry_after = exc.retry_after if isinstance(exc, oauth.TransientError) else None
+            grant.apply(renewal.Failed(self._ctx.clock(), self._ctx.jitter(), retry_after))
+            if answered:
+                await grant.save()  # the answer came: the durable "sent" mark goes
+            grant.note_error("transient" if transient else "refused", f"{type(exc).__name__}: {exc.message}")
+            retry_at = grant.state.retry_at or 0.0
+            log.warning(
+                "%s: refresh failed (attempt %d), keeping the grant, retrying in %.0f s: %s",
+                self.label,
+                grant.state.failures,
+                max(0.0, retry_at - self._ctx.clock()),
+                exc.message,
+            )
+            return
+        grant.sent_ended(answered=True)
+        if grant.tokens is not seen:
+            # A login replaced the grant while this refresh was out: its answer belongs to a grant nobody
+            # holds any more.
+            log.info("%s: a refresh finished for a grant a login has replaced; dropping it", self.label)
+            grant.apply(renewal.Settled())
+            await grant.save()
+            return
+        await grant.save(new)  # on disk before any caller can take its access token (rule 3)
+        grant.take(new, renewed=True)
+        log.info("%s: refreshed; the new token expires at %s", self.label, new.expires_at)
+
+    def _grant_ended(self, seen: oauth.TokenSet, why: str, *, client_rejected: bool) -> None:
+        grant = self.grant
+        unanswered = grant.unanswered
+        if unanswered is not None:
+            why = f"{why}; {unanswered.explain()}"
+        if client_rejected:
+            grant.registrations.pop(seen.issuer, None)
+        grant.drop(renewal.Ended())
+        grant.note_error("grant_ended", f"the authorization server ended the grant ({why})")
+        log.warning("%s: the grant ended (%s); a login is needed", self.label, why)
+
+    # ---- the HTTP side ----------------------------------------------------------------------------
+
+    async def drive(
+        self,
+        flow: oauth.Flow[_T],
+        *,
+        on_redirect: Callable[[oauth.AwaitRedirect], Awaitable[Mapping[str, str]]] = _no_redirect,
+        on_device_code: Callable[[oauth.ShowDeviceCode], Awaitable[None]] = _no_device_code,
+    ) -> _T:
+        return await drive(
+            flow,
+            http=self._ctx.http,
+            on_redirect=on_redirect,
+            on_device_code=on_device_code,
+            clock=self._ctx.clock,
+        )
+
+    async def discover(self) -> oauth.Discovery:
+        """Discovery as a client meets the server: probe it without a token, follow the 401's challenge."""
+        url = self.server.url or ""
+        probe = await send(
+            self._ctx.http,
+            oauth.HttpRequest(
+                "POST",
+                url,
+                (("content-type", "application/json"), ("accept", "application/json, text/event-stream")),
+                # tools/list, not initialize: some servers let initialize through without a token, and the
+                # 401's challenge (its scope, its resource_metadata) is what discovery should start from.
+                json.dumps({"jsonrpc": "2.0", "id": 0, "method": "tools/list", "params": {}}).encode(),
+            ),
+            clock=self._ctx.clock,
+        )
+        challenge = None
+        if isinstance(probe, oauth.HttpResponse):
+            challenge = oauth.bearer_challenge(probe.header_values("www-authenticate"))
+        return await self.drive(oauth.discover(url, policy=self.policy, challenge=challenge))
+
+    # ---- everything else, in the modules beside this one ------------------------------------------
+
+    async def login(self, mode: LoginMode, *, open_browser: bool, will_open: bool) -> dict[str, Any]:
+        return await self.logins.start(mode, open_browser=open_browser, will_open=will_open)
+
+    async def login_wait(self) -> TokenResult:
+        return await self.logins.wait()
+
+    async def login_complete(self, response: str) -> TokenResult:
+        return await self.logins.complete(response)
+
+    async def scope_insufficient(
+        self, token: Secret | None, scopes: list[str], www_authenticate: str | None
+    ) -> TokenResult:
+        return await self.logins.step_up(token, scopes, www_authenticate)
+
+    async def logout(self) -> dict[str, Any]:
+        return await _forget.logout(self)
+
+    async def invalidate(self, what: Literal["tokens", "client", "all"]) -> dict[str, Any]:
+        return await _forget.invalidate(self, what)
+
+    async def import_grant(self, item: ImportItem, *, replace: bool) -> dict[str, Any]:
+        return await _import.import_grant(self, item, replace=replace)
+
+    def status(self) -> dict[str, Any]:
+        return _status.status(self)

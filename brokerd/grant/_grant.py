@@ -1,0 +1,197 @@
+"""One server's grant in memory: tokens, client registrations, renewal state, and their one writer.
+
+:class:`Grant` is the only code that loads or saves the server's store record (DESIGN rule 2). Every
+change of tokens goes through :meth:`Grant.take` or :meth:`Grant.drop`, which step the renewal machine
+(``brokerd.renewal``) and move the proactive-renewal timer with it: the tokens, the machine's state and
+the timer never disagree, and the failure state is reset in exactly one place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import trio
+
+from brokerd import oauth, renewal
+from brokerd.grant._context import OAuthContext
+from brokerd.store import RefreshSent, ServerRecord, Store, StoreError
+from brokerd.wire import WireError
+
+__all__ = ["Grant", "Unanswered", "token_digest"]
+
+log = logging.getLogger("brokerd.grant")
+
+
+def token_digest(tokens: oauth.TokenSet) -> str | None:
+    """Which refresh token a refresh presents, without keeping it twice: SHA-256, first 16 hex digits."""
+    if tokens.refresh_token is None:
+        return None
+    return hashlib.sha256(tokens.refresh_token.reveal().encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Unanswered:
+    """A refresh of the current refresh token that was sent and never answered: this daemon's (no answer
+    in time, or the connection broke) or a previous daemon's (stopped or killed before the answer came).
+    Should the server then end the grant, this is the likely reason, and ``needs_login`` says so."""
+
+    sent_at: float
+    by_previous_daemon: bool
+
+    def explain(self) -> str:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.sent_at))
+        if self.by_previous_daemon:
+            return (
+                f"the daemon was stopped during a refresh at {when}, after the authorization server had "
+                "rotated the refresh token, so the new one never arrived"
+            )
+        return (
+            f"a refresh at {when} got no answer; the authorization server had probably rotated the refresh "
+            "token, so the retry looked like a replay"
+        )
+
+
+class Grant:
+    """The tokens and client registrations of one server, and the renewal machine's state.
+
+    ``key`` is the canonical server URL (DESIGN rule 11): all aliases of a server share one Grant.
+    ``label()`` names it in messages; ``on_due()`` is what the timer calls when a renewal is due.
+    """
+
+    def __init__(
+        self,
+        key: str,
+        store: Store,
+        ctx: OAuthContext,
+        *,
+        label: Callable[[], str],
+        on_due: Callable[[], Awaitable[None]],
+    ) -> None:
+        self.key = key
+        self._store = store
+        self._ctx = ctx
+        self._label = label
+        self._on_due = on_due
+        self.loaded = False
+        self.tokens: oauth.TokenSet | None = None
+        self.registrations: dict[str, oauth.Registration] = {}
+        self.state = renewal.State()
+        self.unsaved = False
+        self.unanswered: Unanswered | None = None
+        self.last_refresh: float | None = None
+        self.last_error: str | None = None
+        self.last_error_class: str | None = None  # transient, refused, grant_ended, login_failed, …
+        self._sent: RefreshSent | None = None  # the durable "a refresh was sent" mark, as last saved
+        self._loading = trio.Lock()
+
+    @property
+    def name(self) -> str:
+        return self._label()
+
+    # ---- changes, through the machine --------------------------------------------------------------
+
+    def apply(self, event: renewal.Event) -> None:
+        """Step the renewal machine and move the timer to its next wake-up."""
+        self.state = renewal.step(self.state, event)
+        self._ctx.scheduler.set(self.key, renewal.wakeup(self.state), self._on_due)
+
+    def take(self, tokens: oauth.TokenSet, *, renewed: bool = False) -> None:
+        """``tokens`` are the grant from now on (saved already, or held in memory when saving failed):
+        ``renewed`` by the renewal in flight, else from a login, an import or the store."""
+        self.tokens = tokens
+        self.last_refresh = self._ctx.clock()
+        self.unanswered = None
+        if not self.unsaved:
+            self.note_error(None, None)
+        held = renewal.Held(tokens.obtained_at, tokens.expires_at, renewable=tokens.refresh_token is not None)
+        jitter = self._ctx.jitter()
+        self.apply(renewal.Renewed(held, jitter) if renewed else renewal.LoggedIn(held, jitter))
+
+    def drop(self, event: renewal.Ended | renewal.Forgotten) -> None:
+        """The tokens are gone (the grant ended, or was forgotten on purpose); registrations stay."""
+        self.tokens = None
+        self.unanswered = None
+        self.apply(event)
+
+    def note_error(self, kind: str | None, text: str | None) -> None:
+        """What ``status`` shows as ``last_error`` and its class (None, None: the last attempt worked)."""
+        self.last_error_class, self.last_error = kind, text
+
+    # ---- the store ---------------------------------------------------------------------------------
+
+    async def load(self) -> None:
+        """Read the stored record once; a later call does nothing.
+
+        Raises:
+            WireError: ``internal``, the record cannot be read (the message has the store's reason).
+        """
+        async with self._loading:  # one load: a second one could replace tokens a renewal is using
+            if self.loaded:
+                return
+            try:
+                record = await self._store.load(self.key)
+            except StoreError as exc:
+                raise WireError("internal", f"{self.name}: cannot read stored credentials: {exc}") from None
+            self.loaded = True
+            self._adopt(record)
+
+    def _adopt(self, record: ServerRecord | None) -> None:
+        if record is None:
+            return
+        self.registrations = dict(record.registrations)
+        if record.tokens is None:
+            return
+        self.take(record.tokens)
+        self.last_refresh = None
+        sent = record.refresh_sent
+        if sent is not None and sent.token_digest == token_digest(record.tokens):
+            self._sent = sent
+            self.unanswered = Unanswered(sent.sent_at, by_previous_daemon=True)
+            log.warning("%s: %s", self.name, self.unanswered.explain())
+
+    def record(self, tokens: oauth.TokenSet | None = None) -> ServerRecord:
+        """The grant as the store keeps it, with ``tokens`` in place of the held ones if given."""
+        tokens = tokens if tokens is not None else self.tokens
+        sent = self._sent
+        if sent is not None and (tokens is None or sent.token_digest != token_digest(tokens)):
+            sent = None  # a mark speaks of the refresh token it names, and of no other
+        return ServerRecord(
+            server_url=self.key, tokens=tokens, registrations=dict(self.registrations), refresh_sent=sent
+        )
+
+    async def save(self, tokens: oauth.TokenSet | None = None) -> None:
+        """Write the whole grant, with ``tokens`` in place of the held ones if given. On failure, keep it
+        in memory, report ``degraded`` and retry on the next request (DESIGN rule 3). Never raises."""
+        try:
+            await self._store.save(self.record(tokens))
+        except StoreError as exc:
+            self.unsaved = True
+            self.note_error("store_write", f"could not save credentials: {exc}")
+            log.error("%s: %s; keeping them in memory and retrying on the next request", self.name, exc)
+        else:
+            self.unsaved = False
+
+    async def mark_sent(self, tokens: oauth.TokenSet) -> None:
+        """Before a refresh leaves: record durably which refresh token it presents, and when. Should the
+        daemon die before the answer comes, the next one can say what happened. A failed write does not
+        stop the refresh: the mark explains a loss, it cannot prevent one."""
+        digest = token_digest(tokens)
+        assert digest is not None
+        self._sent = RefreshSent(token_digest=digest, sent_at=self._ctx.clock())
+        try:
+            await self._store.save(self.record())
+        except StoreError as exc:
+            log.warning("%s: could not record the refresh before sending it: %s", self.name, exc)
+
+    def sent_ended(self, *, answered: bool) -> None:
+        """The refresh marked by :meth:`mark_sent` ended. Answered: the mark goes with the next save.
+        Not answered (no HTTP answer at all): the server may have rotated the token all the same, so the
+        mark stays, and so does the explanation for a refusal that may follow."""
+        sent, self._sent = self._sent, None
+        if sent is not None and not answered:
+            self._sent = sent
+            self.unanswered = Unanswered(sent.sent_at, by_previous_daemon=False)
