@@ -267,3 +267,26 @@ def test_claude_code_local_scope_lives_in_the_project_entry(tmp_path: Path) -> N
     data: Any = json.loads(out)
     assert data["projects"][project]["allowedTools"] == []
     assert data["projects"][project]["mcpServers"]["neus"]["args"] == ["proxy", "neus"]
+
+
+def test_round_trip_libraries_load_only_for_the_hosts_that_need_them(tmp_path: Path) -> None:
+    """Building the CLI and editing a JSON host import neither tomlkit nor ruamel.yaml."""
+    import subprocess
+
+    code = (
+        "import sys\n"
+        "from brokerd.cli import _parser\n"
+        "from brokerd.hosts import HOSTS, plan_install, Wanted, Launch\n"
+        "from brokerd.hosts._table import Context\n"
+        "from pathlib import Path\n"
+        "_parser()\n"
+        "h = HOSTS['cursor']\n"
+        "loc = h.scopes['user'](Context(home=Path('/h'), project=Path('/p'), env={}))\n"
+        "plan_install('', h, loc, [Wanted('n', 'n', h.entry(Launch('/x/ncp-broker', ('proxy', 'n')), 'n'))],"
+        " replace=False, where='f')\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('tomlkit', 'ruamel'))))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True
+    )
+    assert done.stdout.strip() == "[]"
