@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 from pathlib import Path
 from typing import Any
@@ -48,8 +49,8 @@ def register(sub: Any) -> None:
     _location_options(listing, with_name=False)
     listing.set_defaults(func=cmd_list)
 
-    show = actions.add_parser("show", help="print the entry for HOST's config file")
-    show.add_argument("host", metavar="HOST", choices=ids)
+    show = actions.add_parser("show", help="print the entry for HOST's config file (HOST all: every host)")
+    show.add_argument("host", metavar="HOST", choices=[*ids, "all"])
     show.add_argument("server", metavar="SERVER")
     _location_options(show)
     show.set_defaults(func=cmd_show)
@@ -174,8 +175,11 @@ def _read(location: Any) -> Any:
 
 def _not_the_broker_config(args: argparse.Namespace, host: Any, target: Path) -> None:
     mine = args.config.expanduser()
-    mine = mine.resolve() if mine.exists() else mine.absolute()
-    if target.absolute() != mine:
+    try:
+        same = os.path.samefile(mine, target)  # hard links and symlinked directories included
+    except OSError:  # one of them does not exist yet
+        same = mine.resolve() == target.resolve()
+    if not same:
         return
     if host.id == "ncp":
         raise CliError(
@@ -248,7 +252,22 @@ def _state(h: Any, host: Any, location: Any, current: Any, configured: set[str])
 
 def cmd_show(args: argparse.Namespace) -> int:
     h = _hosts()
-    host = h.HOSTS[args.host]
+    if args.host == "all":
+        for n, host_id in enumerate(h.HOSTS):
+            print("\n" if n else "", end="")
+            try:
+                _show(args, h.HOSTS[host_id])
+            except CliError as exc:
+                if exc.status != EXIT_USAGE:  # a scope this host lacks is skipped; the rest is an error
+                    raise
+                print(f"# {host_id}: {exc}")
+        return EXIT_OK
+    _show(args, h.HOSTS[args.host])
+    return EXIT_OK
+
+
+def _show(args: argparse.Namespace, host: Any) -> None:
+    h = _hosts()
     ctx = _context(args)
     scope, location = _location(args, host, ctx)
     server = _brokered(load_config(args), args.server, args)
@@ -275,7 +294,6 @@ def cmd_show(args: argparse.Namespace) -> int:
                 f"{shlex.quote(json.dumps(want.entry))}"
             )
     print(f"# check: {host.check}")
-    return EXIT_OK
 
 
 def cmd_install(args: argparse.Namespace) -> int:

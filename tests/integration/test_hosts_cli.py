@@ -360,3 +360,12 @@ def test_nothing_is_written_outside_the_test_home(hosts_env: Env) -> None:
     written = {p for p in hosts_env.root.rglob("*") if p.is_file()} - before
     assert written
     assert all(home(hosts_env) in p.parents for p in written)
+
+
+def test_show_all_prints_every_host(hosts_env: Env) -> None:
+    """`hosts show all SERVER`: one entry per host; hosts without the scope asked for say so."""
+    out = ok(hosts_env, "show", "all", "neus")
+    assert out.count("# check:") == 10
+    out = ok(hosts_env, "show", "all", "neus", "--scope", "project")
+    assert "# windsurf: windsurf has no 'project' scope" in out
+    assert out.count("# check:") == 7
