@@ -4,7 +4,8 @@ One module per group of commands, each adding its subcommands with ``register``:
 
 * ``_daemon``: start, stop, reload;
 * ``_status``: status, list;
-* ``_servers``: add, remove, login, logout, invalidate, import-ncp.
+* ``_servers``: add, remove, login, logout, invalidate, import-ncp;
+* ``_hosts``: hosts (list, show, install, uninstall).
 
 Secrets (access keys, client secrets) are read from standard input, a file or an environment variable,
 never from the command line, where every user on the machine could see them in ``ps``.
@@ -20,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from brokerd import __version__, paths
-from brokerd.cli import _daemon, _servers, _status
+from brokerd.cli import _daemon, _hosts, _servers, _status
 from brokerd.cli._common import CliError
 
 __all__ = ["main"]
@@ -51,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    for group in (_daemon, _status, _servers):
+    for group in (_daemon, _status, _servers, _hosts):
         group.register(sub)
     return p
 
