@@ -131,7 +131,7 @@ def _location(args: argparse.Namespace, host: Any, ctx: Any) -> tuple[str, Any]:
 def _brokered(cfg: config.Config, wanted: str, args: argparse.Namespace) -> config.Server:
     server = cfg.servers.get(wanted)
     if server is None and "://" in wanted:
-        server = cfg.find_by_url(wanted)
+        server = next((s for s in cfg.find_by_url(wanted) if s.kind != "none"), None)
     if server is not None and server.kind != "none":
         return server
     names = sorted(name for name, s in cfg.servers.items() if s.kind != "none")
