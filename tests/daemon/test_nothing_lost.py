@@ -352,3 +352,22 @@ async def test_logout_through_an_alias_says_which_names_share_the_grant(
     with pytest.raises(wire.WireError) as err:
         await broker.handle(wire.GetToken(server=names[0]))
     assert err.value.code == "needs_login"
+
+
+async def test_a_grant_is_refreshed_on_schedule_before_its_first_request(
+    tmp_path: Path, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The broker loads every grant at start, so the timer renews it even if no client ever asks."""
+    endpoint = TokenEndpoint(60)
+    store = seeded_store(60)
+    Broker(
+        broker_config(tmp_path, {"s": oauth_entry()}),
+        store,
+        oauth=context(nursery, endpoint),
+        socket_path=tmp_path / "s.sock",
+    )
+    await trio.sleep(100)
+    assert endpoint.refresh_times == [40.0, pytest.approx(80.0)]
+    saved = store.records[URL].tokens
+    assert saved is not None
+    assert saved.refresh_token == Secret("rt-2")
