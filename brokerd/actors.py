@@ -17,11 +17,19 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from brokerd.config import Server
 from brokerd.secret import Secret
-from brokerd.wire import TokenResult, WireError
+from brokerd.wire import (
+    GrantState,
+    Imported,
+    InvalidateResult,
+    LoginStarted,
+    LogoutResult,
+    TokenResult,
+    WireError,
+)
 
 if TYPE_CHECKING:
     from brokerd.ncp_import import ImportItem
@@ -86,7 +94,7 @@ class Actor:
     def reopen(self) -> None:
         """A reload brought this server back: take exchanges again."""
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> GrantState:
         raise NotImplementedError
 
     # ---- requests -------------------------------------------------------------------------------
@@ -110,7 +118,7 @@ class Actor:
     ) -> TokenResult:
         raise self._refusal()
 
-    async def login(self, mode: LoginMode, *, open_browser: bool, will_open: bool) -> dict[str, Any]:
+    async def login(self, mode: LoginMode, *, open_browser: bool, will_open: bool) -> LoginStarted:
         raise self._refusal()
 
     async def login_wait(self) -> TokenResult:
@@ -119,10 +127,10 @@ class Actor:
     async def login_complete(self, response: str) -> TokenResult:
         raise self._refusal()
 
-    async def logout(self) -> dict[str, Any]:
+    async def logout(self) -> LogoutResult:
         raise WireError("not_brokered", f"{self.label} holds no credentials to log out of")
 
-    async def invalidate(self, what: Literal["tokens", "client", "all"]) -> dict[str, Any]:
+    async def invalidate(self, what: Literal["tokens", "client", "all"]) -> InvalidateResult:
         held = "client registration" if what == "client" else "credentials"
         raise WireError("not_brokered", f"{self.label} holds no {held} to invalidate")
 
@@ -133,14 +141,14 @@ class Actor:
             f"ncp-broker add {self.server.name} URL --access-key -",
         )
 
-    async def import_grant(self, item: ImportItem, *, replace: bool) -> dict[str, Any]:
-        return {
-            "server": self.server.name,
-            "file": str(item.path),
-            "notes": list(item.notes),
-            "outcome": "failed",
-            "detail": f"{self.label} is not an OAuth server here",
-        }
+    async def import_grant(self, item: ImportItem, *, replace: bool) -> Imported:
+        return Imported(
+            server=self.server.name,
+            file=str(item.path),
+            notes=list(item.notes),
+            outcome="failed",
+            detail=f"{self.label} is not an OAuth server here",
+        )
 
 
 class BearerActor(Actor):
@@ -190,14 +198,14 @@ class BearerActor(Actor):
         self._key = self.server.access_key
         return had
 
-    async def logout(self) -> dict[str, Any]:
+    async def logout(self) -> LogoutResult:
         """Logout for an access key: forget the stored key."""
-        return {"had_grant": await self._forget_key(), "revocation": [], "saved": True}
+        return LogoutResult(had_grant=await self._forget_key(), revocation=[], saved=True)
 
-    async def invalidate(self, what: Literal["tokens", "client", "all"]) -> dict[str, Any]:
+    async def invalidate(self, what: Literal["tokens", "client", "all"]) -> InvalidateResult:
         if what == "client":
             return await super().invalidate(what)
-        return {"forgot": ["tokens"] if await self._forget_key() else [], "saved": True}
+        return InvalidateResult(forgot=["tokens"] if await self._forget_key() else [], saved=True)
 
     async def token_rejected(self, token: Secret, www_authenticate: str | None = None) -> TokenResult:
         answer = await self.get_token(0)
@@ -205,16 +213,16 @@ class BearerActor(Actor):
             self._rejected_at = time.time()
         return answer
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> GrantState:
         if self._rejected_at is not None:
-            return {
-                "state": "rejected",
-                "detail": "the server refused the access key; store a new one",
-                "rejected_at": self._rejected_at,
-                "hint": _add_hint(self.server.name, self.server.url),
-            }
+            return GrantState(
+                state="rejected",
+                detail="the server refused the access key; store a new one",
+                rejected_at=self._rejected_at,
+                hint=_add_hint(self.server.name, self.server.url),
+            )
         source = "config" if self.server.access_key is not None else "store"
-        return {"state": "valid", "detail": f"access key ({source})"}
+        return GrantState(state="valid", detail=f"access key ({source})")
 
 
 class _RefusingActor(Actor):
@@ -231,9 +239,9 @@ class _RefusingActor(Actor):
     async def token_rejected(self, token: Secret, www_authenticate: str | None = None) -> TokenResult:
         raise self._error()
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> GrantState:
         error = self._error()
-        return {"state": self.state, "detail": error.message, "hint": error.hint}
+        return GrantState(state=self.state, detail=error.message, hint=error.hint)
 
 
 class OAuthUnavailableActor(_RefusingActor):
@@ -297,8 +305,8 @@ class ConflictActor(_RefusingActor):
     def _refusal(self) -> WireError:
         return self._error()
 
-    async def logout(self) -> dict[str, Any]:
+    async def logout(self) -> LogoutResult:
         raise self._error()
 
-    async def invalidate(self, what: Literal["tokens", "client", "all"]) -> dict[str, Any]:
+    async def invalidate(self, what: Literal["tokens", "client", "all"]) -> InvalidateResult:
         raise self._error()

@@ -21,8 +21,9 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
+import msgspec
 import trio
 
 from brokerd import __version__, config, ncp_import, wire
@@ -32,6 +33,8 @@ from brokerd.oauth import canonical_url
 from brokerd.store import Store
 
 __all__ = ["Broker"]
+
+_WithAliases = TypeVar("_WithAliases", wire.LoginStarted, wire.LogoutResult, wire.InvalidateResult)
 
 log = logging.getLogger("brokerd")
 
@@ -87,7 +90,7 @@ class Broker:
             first = group.members[0]
             if conflicts := group.conflicts:
                 actor: Actor = ConflictActor(first, group.names, conflicts)
-                log.error("%s", actor.status()["detail"])
+                log.error("%s", actor.status().detail)
             else:
                 # The actor that owns this grant already, if any: live, or retired by an earlier reload.
                 candidates = (self._retired.get(group.key), self._grants.get(group.key))
@@ -114,7 +117,7 @@ class Broker:
         self.actors = actors
         self._grants = grants
 
-    def reload(self) -> dict[str, Any]:
+    def reload(self) -> wire.ReloadResult:
         """Re-read the config file; on any error keep the running config.
 
         Raises:
@@ -133,11 +136,11 @@ class Broker:
         before = self.config.servers
         self._apply(cfg)
         after = cfg.servers
-        summary = {
-            "added": sorted(after.keys() - before.keys()),
-            "removed": sorted(before.keys() - after.keys()),
-            "changed": sorted(n for n in before.keys() & after.keys() if before[n] != after[n]),
-        }
+        summary = wire.ReloadResult(
+            added=sorted(after.keys() - before.keys()),
+            removed=sorted(before.keys() - after.keys()),
+            changed=sorted(n for n in before.keys() & after.keys() if before[n] != after[n]),
+        )
         log.info("config reloaded from %s: %s", path, summary)
         return summary
 
@@ -163,7 +166,7 @@ class Broker:
             )
         return actor
 
-    async def handle(self, req: wire.Request) -> Any:
+    async def handle(self, req: wire.Request) -> wire.Result:
         if self.stopping and isinstance(req, _STOPPING_REFUSES):
             raise wire.WireError(
                 "stopping",
@@ -185,23 +188,24 @@ class Broker:
                         f"this daemon speaks protocol {wire.PROTOCOL_VERSION}, not {protocol}",
                         "upgrade the client or the daemon so that both match",
                     )
-                return {
-                    "protocol": wire.PROTOCOL_VERSION,
-                    "version": __version__,
-                    "pid": os.getpid(),
-                    "stopping": self.stopping,
-                }
+                return wire.HelloResult(
+                    protocol=wire.PROTOCOL_VERSION,
+                    version=__version__,
+                    pid=os.getpid(),
+                    stopping=self.stopping,
+                )
             case wire.Status(server=name):
                 names = [name] if name is not None else list(self.actors)
-                return {"daemon": self._daemon_status(), "servers": [self._server_status(n) for n in names]}
+                servers = [self._server_status(n) for n in names]
+                return wire.StatusResult(daemon=self._daemon_status(), servers=servers)
             case wire.ListServers(url=url):
                 names = list(self.actors) if url is None else self.find(url)
-                return {"servers": [self._listing(name) for name in names]}
+                return wire.ListResult(servers=[self._listing(name) for name in names])
             case wire.Reload():
                 return self.reload()
             case wire.SetAccessKey(server=name, key=key):
                 await self._actor(name).set_access_key(key)
-                return {"stored": True}
+                return wire.StoredResult()
             case wire.Login(server=name, mode=mode, open_browser=opens, will_open=will_open):
                 started = await self._actor(name).login(mode, open_browser=opens, will_open=will_open)
                 return self._with_aliases(name, started)
@@ -218,15 +222,15 @@ class Broker:
             case wire.Shutdown():
                 self.begin_stop()
                 self.shutdown_requested.set()
-                return {"stopping": True}
+                return wire.ShutdownResult()
         raise AssertionError(f"unhandled request {type(req).__name__}")  # pragma: no cover
 
-    def _with_aliases(self, name: str, result: dict[str, Any]) -> dict[str, Any]:
-        """``result`` plus the other names of the grant the request acted on, so the answer can say so."""
+    def _with_aliases(self, name: str, result: _WithAliases) -> _WithAliases:
+        """``result`` with the other names of the grant the request acted on, so the answer can say so."""
         others = [a for a in self._actor(name).aliases if a != name]
-        return {**result, "aliases": others}
+        return msgspec.structs.replace(result, aliases=others)
 
-    async def import_ncp(self, directory: Path, *, replace: bool) -> dict[str, Any]:
+    async def import_ncp(self, directory: Path, *, replace: bool) -> wire.ImportResult:
         """``ncp-broker import-ncp``: read NCP's files, then hand each matched grant to its server's actor
         (one writer per grant). Files that match no configured OAuth server are listed, never guessed."""
         if not directory.is_absolute():
@@ -240,41 +244,41 @@ class Broker:
         except ncp_import.NcpImportError as exc:
             raise wire.WireError("bad_request", str(exc), "ncp-broker import-ncp DIRECTORY") from None
         results = [await self._actor(item.server).import_grant(item, replace=replace) for item in plan.items]
-        return {
-            "directory": str(plan.auth_dir),
-            "imported": results,
-            "skipped": [
-                {"file": str(s.path), "kind": s.kind, "reason": s.reason, "server": s.server}
-                for s in plan.skipped
-            ],
-            "not_found": list(plan.not_found),
-        }
+        skipped = [
+            wire.ImportSkipped(file=str(s.path), kind=s.kind, reason=s.reason, server=s.server)
+            for s in plan.skipped
+        ]
+        return wire.ImportResult(
+            directory=str(plan.auth_dir), imported=results, skipped=skipped, not_found=list(plan.not_found)
+        )
 
-    def _daemon_status(self) -> dict[str, Any]:
-        return {
-            "pid": os.getpid(),
-            "version": __version__,
-            "protocol": wire.PROTOCOL_VERSION,
-            "socket": str(self.socket_path),
-            "config": str(self.config.path) if self.config.path else None,
-            "store": self.store_description,
-            "started_at": self.started_at,
-            "stopping": self.stopping,
-        }
+    def _daemon_status(self) -> wire.DaemonStatus:
+        return wire.DaemonStatus(
+            pid=os.getpid(),
+            version=__version__,
+            protocol=wire.PROTOCOL_VERSION,
+            socket=str(self.socket_path),
+            config=str(self.config.path) if self.config.path else None,
+            store=self.store_description,
+            started_at=self.started_at,
+            stopping=self.stopping,
+        )
 
-    def _listing(self, name: str) -> dict[str, Any]:
+    def _listing(self, name: str) -> wire.Listing:
         actor = self._actor(name)
         server = self.config.servers[name]
-        return {
-            "name": name,
-            "url": server.url,
-            "kind": server.kind,
-            "brokered": server.kind != "none",
-            "aliases": [a for a in actor.aliases if a != name],
-        }
+        return wire.Listing(
+            name=name,
+            url=server.url,
+            kind=server.kind,
+            brokered=server.kind != "none",
+            aliases=[a for a in actor.aliases if a != name],
+        )
 
-    def _server_status(self, name: str) -> dict[str, Any]:
-        return {**self._listing(name), **self._actor(name).status()}
+    def _server_status(self, name: str) -> wire.ServerStatus:
+        listing = msgspec.structs.asdict(self._listing(name))
+        grant = msgspec.structs.asdict(self._actor(name).status())
+        return wire.ServerStatus(**listing, **grant)
 
     def find(self, url: str) -> list[str]:
         """The configured names whose URL names the same server as ``url``."""

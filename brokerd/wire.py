@@ -14,7 +14,7 @@ connection stays usable; an oversized or endless frame gets ``frame_too_large`` 
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 import msgspec
 
@@ -26,22 +26,41 @@ __all__ = [
     "IDLE_TIMEOUT",
     "MAX_FRAME",
     "PROTOCOL_VERSION",
+    "DaemonStatus",
+    "ErrorBody",
     "ErrorCode",
     "GetToken",
+    "GrantState",
     "Hello",
+    "HelloResult",
     "ImportNcp",
+    "ImportResult",
+    "ImportSkipped",
+    "Imported",
     "Invalidate",
+    "InvalidateResult",
+    "ListResult",
     "ListServers",
+    "Listing",
     "Login",
     "LoginComplete",
+    "LoginStarted",
     "LoginWait",
     "Logout",
+    "LogoutResult",
     "Reload",
+    "ReloadResult",
     "Request",
+    "Result",
+    "Revocation",
     "ScopeInsufficient",
+    "ServerStatus",
     "SetAccessKey",
     "Shutdown",
+    "ShutdownResult",
     "Status",
+    "StatusResult",
+    "StoredResult",
     "TokenRejected",
     "TokenResult",
     "WireError",
@@ -86,9 +105,17 @@ class WireError(Exception):
 
 
 # ---- answers --------------------------------------------------------------------------------------
+#
+# Every result is one of these Structs, encoded by the one encoder below; docs/protocol.md has a field
+# table for each, and tests/unit/test_protocol_docs.py holds the two equal. New fields need a default and
+# go at the end; clients ignore fields they do not know.
 
 
-class TokenResult(msgspec.Struct, kw_only=True):
+class _Answer(msgspec.Struct):
+    pass
+
+
+class TokenResult(_Answer, kw_only=True):
     """The answer to every request that yields a token: ``get_token``, ``token_rejected``,
     ``scope_insufficient``, ``login_wait``, ``login_complete``."""
 
@@ -103,6 +130,184 @@ class TokenResult(msgspec.Struct, kw_only=True):
     def at(cls, now: float, token: Secret, token_type: str, expires_at: float | None) -> TokenResult:
         expires_in = None if expires_at is None else max(0.0, round(expires_at - now, 3))
         return cls(token=token, token_type=token_type, expires_at=expires_at, expires_in=expires_in)
+
+
+class HelloResult(_Answer, kw_only=True):
+    """``hello``: what the daemon speaks, and whether it is stopping."""
+
+    protocol: int
+    version: str
+    pid: int
+    stopping: bool = False
+
+
+class DaemonStatus(_Answer, kw_only=True):
+    """The daemon part of ``status``."""
+
+    pid: int
+    version: str
+    protocol: int
+    socket: str
+    config: str | None
+    store: str
+    started_at: float
+    stopping: bool = False
+
+
+class Listing(_Answer, kw_only=True):
+    """One config entry, as ``list`` and ``status`` name it."""
+
+    name: str
+    url: str | None
+    kind: str
+    brokered: bool
+    #: The other names of the same grant (entries whose URLs name one server).
+    aliases: list[str] = []
+
+
+class GrantState(_Answer, kw_only=True, omit_defaults=True):
+    """What an actor says of its grant in ``status``: a state word, a sentence, and what applies."""
+
+    state: str
+    detail: str
+    expires_at: float | None = None
+    last_refresh: float | None = None
+    next_refresh: float | None = None
+    retry_at: float | None = None
+    last_error: str | None = None
+    #: transient, refused, grant_ended, login_failed, store_write, authorization_server_moved
+    last_error_class: str | None = None
+    login_url: str | None = None
+    rejected_at: float | None = None
+    #: A refresh of the current refresh token that was sent and never answered, explained.
+    unanswered_refresh: str | None = None
+    #: The command that fixes the state, when a person can.
+    hint: str | None = None
+
+
+class ServerStatus(GrantState, kw_only=True, omit_defaults=True):
+    """One server in ``status``: its grant's state and its :class:`Listing`, side by side (fields that do
+    not apply are left out)."""
+
+    name: str
+    url: str | None
+    kind: str
+    brokered: bool
+    aliases: list[str]
+
+
+class StatusResult(_Answer, kw_only=True):
+    daemon: DaemonStatus
+    servers: list[ServerStatus]
+
+
+class ListResult(_Answer, kw_only=True):
+    servers: list[Listing]
+
+
+class ReloadResult(_Answer, kw_only=True):
+    added: list[str]
+    removed: list[str]
+    changed: list[str]
+
+
+class StoredResult(_Answer, kw_only=True):
+    """``set_access_key``."""
+
+    stored: bool = True
+
+
+class LoginStarted(_Answer, kw_only=True):
+    """``login``: the URL to open (and the code to enter, for a device login)."""
+
+    url: str
+    user_code: str | None
+    joined: bool
+    opened_elsewhere: bool
+    started_at: float
+    aliases: list[str] = []
+
+
+class Revocation(_Answer, kw_only=True):
+    """One RFC 7009 revocation at logout."""
+
+    token: str
+    outcome: str
+    detail: str
+
+
+class LogoutResult(_Answer, kw_only=True):
+    had_grant: bool
+    revocation: list[Revocation]
+    saved: bool
+    aliases: list[str] = []
+
+
+class InvalidateResult(_Answer, kw_only=True):
+    forgot: list[str]
+    saved: bool
+    aliases: list[str] = []
+
+
+class Imported(_Answer, kw_only=True):
+    """One NCP file handed to a server's actor."""
+
+    server: str
+    file: str
+    notes: list[str]
+    outcome: Literal["imported", "kept", "failed"]
+    detail: str
+
+
+class ImportSkipped(_Answer, kw_only=True):
+    file: str
+    kind: str
+    reason: str
+    server: str | None
+
+
+class ImportResult(_Answer, kw_only=True):
+    directory: str
+    imported: list[Imported]
+    skipped: list[ImportSkipped]
+    not_found: list[str]
+
+
+class ShutdownResult(_Answer, kw_only=True):
+    stopping: bool = True
+
+
+Result = (
+    TokenResult
+    | HelloResult
+    | StatusResult
+    | ListResult
+    | ReloadResult
+    | StoredResult
+    | LoginStarted
+    | LogoutResult
+    | InvalidateResult
+    | ImportResult
+    | ShutdownResult
+)
+
+
+class ErrorBody(msgspec.Struct):
+    code: ErrorCode
+    message: str
+    hint: str
+
+
+class _Ok(msgspec.Struct, kw_only=True):
+    id: int | str | None
+    ok: bool = True
+    result: Result
+
+
+class _Failed(msgspec.Struct, kw_only=True):
+    id: int | str | None
+    ok: bool = False
+    error: ErrorBody
 
 
 # ---- requests -------------------------------------------------------------------------------------
@@ -279,10 +484,12 @@ def request_id(frame: bytes) -> int | str | None:
         return None
 
 
-def encode_result(req_id: int | str | None, result: Any) -> bytes:
-    return _encoder.encode({"id": req_id, "ok": True, "result": result}) + b"\n"
+def encode_result(req_id: int | str | None, result: Result) -> bytes:
+    """One answer line: ``{"id", "result", "ok": true}``."""
+    return _encoder.encode(_Ok(id=req_id, result=result)) + b"\n"
 
 
 def encode_error(req_id: int | str | None, error: WireError) -> bytes:
-    body = {"code": error.code, "message": error.message, "hint": error.hint}
-    return _encoder.encode({"id": req_id, "ok": False, "error": body}) + b"\n"
+    """One error line: ``{"id", "error": {"code", "message", "hint"}, "ok": false}``."""
+    body = ErrorBody(error.code, error.message, error.hint)
+    return _encoder.encode(_Failed(id=req_id, error=body)) + b"\n"

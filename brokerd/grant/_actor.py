@@ -40,7 +40,15 @@ from brokerd.oauth import canonical_url
 from brokerd.oauth_driver import drive, send
 from brokerd.secret import Secret
 from brokerd.store import Store
-from brokerd.wire import TokenResult, WireError
+from brokerd.wire import (
+    GrantState,
+    Imported,
+    InvalidateResult,
+    LoginStarted,
+    LogoutResult,
+    TokenResult,
+    WireError,
+)
 
 if TYPE_CHECKING:
     from brokerd.ncp_import import ImportItem
@@ -395,7 +403,7 @@ class OAuthActor(Actor):
 
     # ---- everything else, in the modules beside this one ------------------------------------------
 
-    async def login(self, mode: LoginMode, *, open_browser: bool, will_open: bool) -> dict[str, Any]:
+    async def login(self, mode: LoginMode, *, open_browser: bool, will_open: bool) -> LoginStarted:
         return await self.logins.start(mode, open_browser=open_browser, will_open=will_open)
 
     async def login_wait(self) -> TokenResult:
@@ -409,14 +417,14 @@ class OAuthActor(Actor):
     ) -> TokenResult:
         return await self.logins.step_up(token, scopes, www_authenticate)
 
-    async def logout(self) -> dict[str, Any]:
+    async def logout(self) -> LogoutResult:
         return await _forget.logout(self)
 
-    async def invalidate(self, what: Literal["tokens", "client", "all"]) -> dict[str, Any]:
+    async def invalidate(self, what: Literal["tokens", "client", "all"]) -> InvalidateResult:
         return await _forget.invalidate(self, what)
 
-    async def import_grant(self, item: ImportItem, *, replace: bool) -> dict[str, Any]:
+    async def import_grant(self, item: ImportItem, *, replace: bool) -> Imported:
         return await _import.import_grant(self, item, replace=replace)
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> GrantState:
         return _status.status(self)

@@ -7,11 +7,12 @@ produced, never what it replaced. Registrations survive a logout (the next login
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import trio
 
 from brokerd import oauth, renewal
+from brokerd.wire import InvalidateResult, LogoutResult, Revocation
 
 if TYPE_CHECKING:
     from brokerd.grant._actor import OAuthActor
@@ -21,12 +22,12 @@ __all__ = ["invalidate", "logout"]
 log = logging.getLogger("brokerd.grant")
 
 
-async def logout(actor: OAuthActor) -> dict[str, Any]:
+async def logout(actor: OAuthActor) -> LogoutResult:
     """Revoke the grant at the authorization server (RFC 7009, refresh token first), then forget the tokens
     whatever the answer (T6). The client registration is kept for the next login."""
     grant = actor.grant
     await grant.load()
-    revoked: list[dict[str, str]] = []
+    revoked: list[Revocation] = []
     tokens = None
     for _ in range(3):  # a renewal that lands while we revoke rotates the token: revoke the new one too
         await actor.settle()
@@ -39,10 +40,10 @@ async def logout(actor: OAuthActor) -> dict[str, Any]:
         try:
             outcomes = await actor.drive(oauth.revoke(tokens, registration, policy=actor.policy))
         except oauth.OAuthError as exc:
-            revoked.append({"token": "all", "outcome": "refused", "detail": exc.message})
+            revoked.append(Revocation(token="all", outcome="refused", detail=exc.message))  # noqa: S106
         else:
             revoked += [
-                {"token": o.token_type_hint, "outcome": o.outcome, "detail": o.detail} for o in outcomes
+                Revocation(token=o.token_type_hint, outcome=o.outcome, detail=o.detail) for o in outcomes
             ]
     await actor.settle()
     had_grant = grant.tokens is not None or tokens is not None
@@ -50,11 +51,11 @@ async def logout(actor: OAuthActor) -> dict[str, Any]:
     grant.note_error(None, None)
     with trio.CancelScope(shield=True):
         await grant.save()
-    log.info("%s: logged out (%s)", actor.label, ", ".join(r["outcome"] for r in revoked) or "no grant")
-    return {"had_grant": had_grant, "revocation": revoked, "saved": not grant.unsaved}
+    log.info("%s: logged out (%s)", actor.label, ", ".join(r.outcome for r in revoked) or "no grant")
+    return LogoutResult(had_grant=had_grant, revocation=revoked, saved=not grant.unsaved)
 
 
-async def invalidate(actor: OAuthActor, what: Literal["tokens", "client", "all"]) -> dict[str, Any]:
+async def invalidate(actor: OAuthActor, what: Literal["tokens", "client", "all"]) -> InvalidateResult:
     """Forget tokens, client registrations or both, locally only: nothing is revoked (compare
     :func:`logout`). Discovery is not cached beyond the grant, so ``all`` is ``tokens`` + ``client``."""
     grant = actor.grant
@@ -71,4 +72,4 @@ async def invalidate(actor: OAuthActor, what: Literal["tokens", "client", "all"]
     with trio.CancelScope(shield=True):
         await grant.save()
     log.info("%s: invalidated %s (%s)", actor.label, what, ", ".join(forgot) or "nothing held")
-    return {"forgot": forgot, "saved": not grant.unsaved}
+    return InvalidateResult(forgot=forgot, saved=not grant.unsaved)

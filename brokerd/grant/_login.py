@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 from urllib.parse import urlsplit
 
 import trio
@@ -24,7 +24,7 @@ from brokerd import oauth
 from brokerd.browser import open_browser as open_browser_
 from brokerd.callback import LOGIN_TIMEOUT, CallbackListener
 from brokerd.secret import Secret
-from brokerd.wire import TokenResult, WireError
+from brokerd.wire import LoginStarted, TokenResult, WireError
 
 if TYPE_CHECKING:
     from brokerd.grant._actor import OAuthActor
@@ -105,7 +105,7 @@ class Logins:
         open_browser: bool = False,
         will_open: bool = False,
         scopes: tuple[str, ...] | None = None,
-    ) -> dict[str, Any]:
+    ) -> LoginStarted:
         """Start a login (or join the pending one) and return its authorization URL.
 
         ``scopes`` marks a step-up (see :meth:`step_up`); any other login is a person's (or a host's first
@@ -148,13 +148,13 @@ class Logins:
                 )
             elif open_browser:
                 login.opened = True
-        return {
-            "url": login.url,
-            "user_code": login.user_code,
-            "joined": joined,
-            "opened_elsewhere": opened_elsewhere,
-            "started_at": login.started_at,
-        }
+        return LoginStarted(
+            url=login.url,
+            user_code=login.user_code,
+            joined=joined,
+            opened_elsewhere=opened_elsewhere,
+            started_at=login.started_at,
+        )
 
     async def wait(self) -> TokenResult:
         """Wait for the pending login; answer with the token (or the login's failure)."""

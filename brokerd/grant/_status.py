@@ -4,9 +4,10 @@ with its class, and the command that fixes it. Never a token."""
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from brokerd import renewal
+from brokerd.wire import GrantState
 
 if TYPE_CHECKING:
     from brokerd.grant._actor import OAuthActor
@@ -14,27 +15,20 @@ if TYPE_CHECKING:
 __all__ = ["status"]
 
 
-def status(actor: OAuthActor) -> dict[str, Any]:
+def status(actor: OAuthActor) -> GrantState:
     grant = actor.grant
     state = grant.state
     now = actor.ctx.clock()
     tokens = grant.tokens
     login = actor.logins.pending
-    info: dict[str, Any] = {
-        "last_refresh": grant.last_refresh,
-        "last_error": grant.last_error,
-        "last_error_class": grant.last_error_class,
-        "expires_at": tokens.expires_at if tokens else None,
-        "next_refresh": renewal.wakeup(state),
-    }
+    hint = None
     if login is not None:
         word, detail = "login_pending", f"login pending since {time.ctime(login.started_at)}"
-        info["login_url"] = login.url
     elif state.phase is renewal.Phase.IN_FLIGHT:
         word, detail = "refreshing", "refreshing now"
     elif tokens is None:
         word, detail = "needs_login", "not logged in" if grant.loaded else "not loaded yet"
-        info["hint"] = f"ncp-broker login {actor.server.name}"
+        hint = f"ncp-broker login {actor.server.name}"
     elif grant.unsaved:
         word, detail = "degraded", "credentials are held in memory only; saving is retried"
     elif tokens.expires_at is not None and tokens.expires_at <= now:
@@ -42,16 +36,25 @@ def status(actor: OAuthActor) -> dict[str, Any]:
     else:
         word = "valid"
         detail = f"expires {time.ctime(tokens.expires_at)}" if tokens.expires_at else "no expiry given"
-    if state.phase is renewal.Phase.BACKING_OFF and state.retry_at is not None:
-        info["retry_at"] = state.retry_at
-        if word in ("valid", "expired"):
-            still = tokens is not None and tokens.expires_at is not None and tokens.expires_at > now
-            word = "as_unreachable"
-            detail = (
-                f"{detail if still else 'expired'}; refresh failing, retrying at {time.ctime(state.retry_at)}"
-            )
-    if grant.unanswered is not None and tokens is not None:
-        info["unanswered_refresh"] = grant.unanswered.explain()
+    backing_off = state.phase is renewal.Phase.BACKING_OFF and state.retry_at is not None
+    if backing_off and word in ("valid", "expired"):
+        still = tokens is not None and tokens.expires_at is not None and tokens.expires_at > now
+        word = "as_unreachable"
+        detail = (
+            f"{detail if still else 'expired'}; refresh failing, retrying at {time.ctime(state.retry_at)}"
+        )
     if actor.closed:
         detail += " (stopping: no new refreshes)"
-    return {"state": word, "detail": detail, **info}
+    return GrantState(
+        state=word,
+        detail=detail,
+        expires_at=tokens.expires_at if tokens else None,
+        last_refresh=grant.last_refresh,
+        next_refresh=renewal.wakeup(state),
+        retry_at=state.retry_at if backing_off else None,
+        last_error=grant.last_error,
+        last_error_class=grant.last_error_class,
+        login_url=login.url if login is not None else None,
+        unanswered_refresh=grant.unanswered.explain() if grant.unanswered and tokens else None,
+        hint=hint,
+    )

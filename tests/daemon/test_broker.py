@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TypeVar
 
 import msgspec
 import pytest
@@ -19,6 +20,15 @@ SERVERS = {
     "oauthy": {"url": "https://c.example/mcp", "auth": {"type": "oauth", "oauth21": {}}},
     "stdio": {"command": "npx", "args": ["x"]},
 }
+
+_R = TypeVar("_R")
+
+
+async def ask(broker: Broker, request: wire.Request, kind: type[_R]) -> _R:
+    """``broker.handle(request)``, checked to be the answer type ``kind``."""
+    result = await broker.handle(request)
+    assert isinstance(result, kind), result
+    return result
 
 
 def make_broker(tmp_path: Path, servers: dict[str, object] = SERVERS) -> tuple[Broker, FileStore, Path]:
@@ -36,7 +46,7 @@ def dumps(value: object) -> str:
 async def test_inline_key_is_served(tmp_path: Path) -> None:
     """A bearer entry with NCP's inline auth.token serves that key."""
     broker, _, _ = make_broker(tmp_path)
-    result = await broker.handle(wire.GetToken(server="inline"))
+    result = await ask(broker, wire.GetToken(server="inline"), wire.TokenResult)
     assert result.token == Secret("inline-key-123")
     assert result.expires_at is None
 
@@ -50,7 +60,7 @@ async def test_stored_key_missing_needs_login_with_add_command(tmp_path: Path) -
     assert err.value.hint == "ncp-broker add stored https://b.example/mcp --access-key -"
     await broker.handle(wire.SetAccessKey(server="stored", key=Secret("k-456")))
     assert await keys.load_access_key("https://b.example/mcp") == Secret("k-456")
-    assert (await broker.handle(wire.GetToken(server="stored"))).token == Secret("k-456")
+    assert (await ask(broker, wire.GetToken(server="stored"), wire.TokenResult)).token == Secret("k-456")
 
 
 async def test_unknown_server_lists_known_ones(tmp_path: Path) -> None:
@@ -76,17 +86,20 @@ async def test_token_rejected_records_rejection_in_status(tmp_path: Path) -> Non
     """A 401 for the current static key is visible in status, with the command to replace the key."""
     broker, _, _ = make_broker(tmp_path)
     await broker.handle(wire.TokenRejected(server="inline", token=Secret("inline-key-123")))
-    status = await broker.handle(wire.Status(server="inline"))
-    (entry,) = status["servers"]
-    assert entry["state"] == "rejected"
-    assert "--access-key -" in entry["hint"]
+    status = await ask(broker, wire.Status(server="inline"), wire.StatusResult)
+    (entry,) = status.servers
+    assert entry.state == "rejected"
+    assert entry.hint is not None
+    assert "--access-key -" in entry.hint
 
 
 async def test_status_and_list_never_contain_a_key(tmp_path: Path) -> None:
     """Neither status nor list carries any key."""
     broker, _, _ = make_broker(tmp_path)
     await broker.handle(wire.SetAccessKey(server="stored", key=Secret("stored-key-789")))
-    text = dumps(await broker.handle(wire.Status())) + dumps(await broker.handle(wire.ListServers()))
+    text = dumps(await ask(broker, wire.Status(), wire.StatusResult)) + dumps(
+        await ask(broker, wire.ListServers(), wire.ListResult)
+    )
     assert "inline-key-123" not in text
     assert "stored-key-789" not in text
     assert '"state":"not_brokered"' in text
@@ -101,7 +114,9 @@ async def test_bad_reload_keeps_running_config(tmp_path: Path) -> None:
     assert err.value.code == "config_error"
     assert str(path) in err.value.message
     assert '$.mcpServers["inline"].url' in err.value.message
-    assert (await broker.handle(wire.GetToken(server="inline"))).token == Secret("inline-key-123")
+    assert (await ask(broker, wire.GetToken(server="inline"), wire.TokenResult)).token == Secret(
+        "inline-key-123"
+    )
 
 
 async def test_reload_reports_changes_and_keeps_unchanged_actors(tmp_path: Path) -> None:
@@ -113,8 +128,8 @@ async def test_reload_reports_changes_and_keeps_unchanged_actors(tmp_path: Path)
     servers["inline"] = {"url": "https://a.example/mcp", "auth": {"type": "bearer", "token": "new"}}
     servers["fresh"] = {"url": "https://d.example/mcp", "auth": {"type": "bearer", "token": "d"}}
     path.write_text(json.dumps({"mcpServers": servers}))
-    summary = await broker.handle(wire.Reload())
-    assert summary == {"added": ["fresh"], "removed": ["stdio"], "changed": ["inline"]}
+    summary = await ask(broker, wire.Reload(), wire.ReloadResult)
+    assert summary == wire.ReloadResult(added=["fresh"], removed=["stdio"], changed=["inline"])
     assert broker.actors["stored"] is kept
 
 
@@ -124,8 +139,8 @@ async def test_hello_rejects_other_protocol_versions(tmp_path: Path) -> None:
     with pytest.raises(wire.WireError) as err:
         await broker.handle(wire.Hello(protocol=99))
     assert err.value.code == "unsupported_protocol"
-    hello = await broker.handle(wire.Hello())
-    assert hello["protocol"] == wire.PROTOCOL_VERSION
+    hello = await ask(broker, wire.Hello(), wire.HelloResult)
+    assert hello.protocol == wire.PROTOCOL_VERSION
 
 
 async def test_set_access_key_refused_for_oauth_servers(tmp_path: Path) -> None:
@@ -139,5 +154,5 @@ async def test_set_access_key_refused_for_oauth_servers(tmp_path: Path) -> None:
 async def test_shutdown_sets_the_event(tmp_path: Path) -> None:
     """The shutdown request asks the daemon to stop."""
     broker, _, _ = make_broker(tmp_path)
-    assert (await broker.handle(wire.Shutdown())) == {"stopping": True}
+    assert (await ask(broker, wire.Shutdown(), wire.ShutdownResult)).stopping is True
     assert broker.shutdown_requested.is_set()

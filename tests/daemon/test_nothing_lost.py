@@ -12,7 +12,7 @@ import hashlib
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import pytest
@@ -27,6 +27,15 @@ from brokerd.renewal import ON_DEMAND_RETRY
 from brokerd.secret import Secret
 from brokerd.store import RefreshSent
 from tests.daemon.test_refresh_schedule import SERVER, URL, MemoryStore, TokenEndpoint, seeded_store
+
+_R = TypeVar("_R")
+
+
+async def ask(broker: Broker, request: wire.Request, kind: type[_R]) -> _R:
+    """``broker.handle(request)``, checked to be the answer type ``kind``."""
+    result = await broker.handle(request)
+    assert isinstance(result, kind), result
+    return result
 
 
 class LosingEndpoint(TokenEndpoint):
@@ -135,7 +144,7 @@ async def test_a_reload_during_a_refresh_keeps_one_writer(
     await trio.sleep(41)  # the refresh at 40 s is out
     assert cfg.path is not None
     cfg.path.write_text(json.dumps({"mcpServers": {"s": oauth_entry(scopes=["mcp:read", "mcp:write"])}}))
-    assert broker.reload()["changed"] == ["s"]
+    assert broker.reload().changed == ["s"]
     assert broker.actors["s"] is actor
     endpoint.gate.set()  # answered at 41 s: the new token is planned for 41 + 40 s
     await trio.sleep(45)  # the next proactive refresh spends rt-1
@@ -162,7 +171,7 @@ async def test_a_server_removed_and_added_again_gets_its_old_actor_back(
     cfg.path.write_text(json.dumps({"mcpServers": {"t": oauth_entry(URL + "/")}}))
     broker.reload()
     assert broker.actors["t"] is actor
-    assert (await broker.handle(wire.GetToken(server="t", min_ttl=0))).token == Secret("at-1")
+    assert (await ask(broker, wire.GetToken(server="t", min_ttl=0), wire.TokenResult)).token == Secret("at-1")
     assert endpoint.replays == 0
 
 
@@ -186,7 +195,7 @@ async def test_two_names_for_one_server_share_one_actor_and_one_chain(
 
     async def caller(name: str, every: float) -> None:
         for _ in range(int(600 / every)):
-            seen.append((await broker.handle(wire.GetToken(server=name, min_ttl=5))).token)
+            seen.append((await ask(broker, wire.GetToken(server=name, min_ttl=5), wire.TokenResult)).token)
             await trio.sleep(every)
 
     async with trio.open_nursery() as callers:
@@ -195,8 +204,8 @@ async def test_two_names_for_one_server_share_one_actor_and_one_chain(
             callers.start_soon(caller, "b", 0.9 + i / 10)
     assert endpoint.replays == 0
     assert len(endpoint.refresh_times) == 30  # 600 s of 30 s tokens, refreshed at 20 s: one per point
-    status = await broker.handle(wire.Status())
-    assert {s["name"]: s["aliases"] for s in status["servers"]} == {"a": ["b"], "b": ["a"]}
+    status = await ask(broker, wire.Status(), wire.StatusResult)
+    assert {s.name: s.aliases for s in status.servers} == {"a": ["b"], "b": ["a"]}
 
 
 async def test_aliases_that_disagree_are_both_refused_and_the_others_work(tmp_path: Path) -> None:
@@ -217,9 +226,9 @@ async def test_aliases_that_disagree_are_both_refused_and_the_others_work(tmp_pa
         assert "auth.oauth21.clientId" in err.value.message
         assert "auth.oauth21.scopes" not in err.value.message
         assert "ncp-broker reload" in err.value.hint
-    assert (await broker.handle(wire.GetToken(server="c"))).token == Secret("key-c")
-    status = await broker.handle(wire.Status(server="a"))
-    assert status["servers"][0]["state"] == "config_conflict"
+    assert (await ask(broker, wire.GetToken(server="c"), wire.TokenResult)).token == Secret("key-c")
+    status = await ask(broker, wire.Status(server="a"), wire.StatusResult)
+    assert status.servers[0].state == "config_conflict"
 
 
 async def test_a_secret_that_differs_is_named_never_shown(tmp_path: Path) -> None:
@@ -283,7 +292,7 @@ async def test_a_refresh_that_got_no_answer_explains_the_ended_grant(
     assert err.value.code == "needs_login"
     assert "got no answer" in err.value.message
     assert err.value.hint == "ncp-broker login s"
-    assert "got no answer" in actor.status()["last_error"]
+    assert "got no answer" in (actor.status().last_error or "")
 
 
 async def test_a_previous_daemon_stopped_mid_refresh_is_named(
@@ -299,7 +308,7 @@ async def test_a_previous_daemon_stopped_mid_refresh_is_named(
     store.records[URL].refresh_sent = RefreshSent(token_digest=digest, sent_at=35.0)
     actor = OAuthActor(SERVER, store, context(nursery, endpoint))
     await actor.start()
-    assert "stopped during a refresh" in actor.status()["unanswered_refresh"]
+    assert "stopped during a refresh" in (actor.status().unanswered_refresh or "")
     await trio.sleep(41)
     assert len(endpoint.refresh_times) == 1  # presented once
     with pytest.raises(wire.WireError) as err:
@@ -322,7 +331,7 @@ async def test_a_stopping_grant_serves_what_it_holds_and_refuses_new_exchanges(
     )
     await broker.handle(wire.GetToken(server="s", min_ttl=0))
     broker.begin_stop()
-    assert (await broker.handle(wire.GetToken(server="s", min_ttl=0))).token == Secret("at-0")
+    assert (await ask(broker, wire.GetToken(server="s", min_ttl=0), wire.TokenResult)).token == Secret("at-0")
     await trio.sleep(70)
     assert endpoint.refresh_times == []  # the timer starts nothing
     for request in (wire.GetToken(server="s", min_ttl=0), wire.Login(server="s"), wire.Logout(server="s")):
@@ -330,7 +339,7 @@ async def test_a_stopping_grant_serves_what_it_holds_and_refuses_new_exchanges(
             await broker.handle(request)
         assert err.value.code == "stopping", request
         assert "ncp-broker start" in err.value.hint
-    assert (await broker.handle(wire.Hello()))["stopping"] is True
+    assert (await ask(broker, wire.Hello(), wire.HelloResult)).stopping is True
 
 
 @pytest.mark.parametrize("names", [("a",), ("a", "b")])
@@ -346,9 +355,9 @@ async def test_logout_through_an_alias_says_which_names_share_the_grant(
         oauth=context(nursery, endpoint),
         socket_path=tmp_path / "s.sock",
     )
-    answer = await broker.handle(wire.Logout(server=names[-1]))
-    assert answer["aliases"] == list(names[:-1])
-    assert answer["had_grant"] is True
+    answer = await ask(broker, wire.Logout(server=names[-1]), wire.LogoutResult)
+    assert answer.aliases == list(names[:-1])
+    assert answer.had_grant is True
     with pytest.raises(wire.WireError) as err:
         await broker.handle(wire.GetToken(server=names[0]))
     assert err.value.code == "needs_login"

@@ -26,7 +26,7 @@ from brokerd.renewal import JOIN_WAIT, ON_DEMAND_RETRY
 from brokerd.secret import Secret
 from brokerd.store import ServerRecord, StoreError, StoreInfo
 from brokerd.store._base import LoadReport
-from brokerd.wire import WireError
+from brokerd.wire import LogoutResult, WireError
 
 URL = "http://127.0.0.1:9/mcp"
 ISSUER = "http://127.0.0.1:9"
@@ -216,8 +216,8 @@ async def test_outage_keeps_grant_serves_valid_token_then_as_unreachable_then_re
     assert endpoint.refresh_times[0] == 40.0
     assert endpoint.refresh_times[1] == pytest.approx(47.0)
     assert (await actor.get_token(0)).token == Secret("at-0")  # still valid: served
-    assert actor.status()["state"] == "as_unreachable"
-    assert actor.status()["last_error_class"] == "transient"
+    assert actor.status().state == "as_unreachable"
+    assert actor.status().last_error_class == "transient"
     await trio.sleep(20)  # now expired
     start = trio.current_time()
     with pytest.raises(WireError) as err:
@@ -228,7 +228,7 @@ async def test_outage_keeps_grant_serves_valid_token_then_as_unreachable_then_re
     endpoint.fail_next = 0
     await trio.sleep(400)  # backoff caps at 5 minutes
     assert (await actor.get_token(0)).token.reveal().startswith("at-")
-    assert actor.status()["state"] == "valid"
+    assert actor.status().state == "valid"
     assert endpoint.replays == 0
 
 
@@ -246,9 +246,9 @@ async def test_full_disk_keeps_rotated_tokens_in_memory_reports_degraded_and_rec
     assert endpoint.current == "rt-1"
     assert (await actor.get_token(0)).token == Secret("at-1")
     status = actor.status()
-    assert status["state"] == "degraded"
-    assert "No space left on device" in status["last_error"]
-    assert status["last_error_class"] == "store_write"
+    assert status.state == "degraded"
+    assert "No space left on device" in (status.last_error or "")
+    assert status.last_error_class == "store_write"
     saved = store.records[URL].tokens
     assert saved is not None
     assert saved.refresh_token == Secret("rt-0")  # the disk still has the old one
@@ -256,7 +256,7 @@ async def test_full_disk_keeps_rotated_tokens_in_memory_reports_degraded_and_rec
     assert endpoint.replays == 0
     store.full = False
     await actor.get_token(0)  # a request retries the write
-    assert actor.status()["state"] == "valid"
+    assert actor.status().state == "valid"
     saved = store.records[URL].tokens
     assert saved is not None
     assert saved.refresh_token == Secret(endpoint.current)
@@ -281,10 +281,10 @@ async def test_logout_racing_a_refresh_revokes_the_new_grant_and_nothing_comes_b
         except WireError as exc:
             answers.append(exc.code)
 
-    logout: dict[str, object] = {}
+    logout: list[LogoutResult] = []
 
     async def log_out() -> None:
-        logout.update(await actor.logout())
+        logout.append(await actor.logout())
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(ask)
@@ -294,7 +294,7 @@ async def test_logout_racing_a_refresh_revokes_the_new_grant_and_nothing_comes_b
         assert not logout  # logout waits for the refresh in flight
         endpoint.gate.set()
     assert endpoint.revoked[0] == "rt-1"  # refresh token first, and the new one
-    assert logout["had_grant"] is True
+    assert logout[0].had_grant is True
     # The caller waited JOIN_WAIT, then took the still-valid token (or got the new one, or, had the
     # logout finished first, needs_login): never a spent or revoked one.
     assert answers in ([Secret("at-0")], [Secret("at-1")], ["needs_login"])
@@ -321,7 +321,7 @@ async def test_invalidate_forgets_locally_without_revoking(
     the authorization server (compare logout)."""
     actor, endpoint, store = harness(3600)
     result = await actor.invalidate(what)
-    assert sorted(result["forgot"]) == sorted(
+    assert sorted(result.forgot) == sorted(
         [k for k, left in (("tokens", tokens_left), ("client", client_left)) if not left]
     )
     record = store.records[URL]
@@ -374,7 +374,8 @@ async def test_expired_token_retries_on_demand_ahead_of_a_long_backoff(
     endpoint.fail_next = 10_000
     await trio.sleep(900)  # 15 minutes of failures: the backoff is at its 5-minute cap
     status = actor.status()
-    assert status["retry_at"] - trio.current_time() > 60
+    assert status.retry_at is not None
+    assert status.retry_at - trio.current_time() > 60
     attempts = len(endpoint.refresh_times)
     endpoint.fail_next = 0  # the server is back
     with contextlib.suppress(WireError):
@@ -382,7 +383,7 @@ async def test_expired_token_retries_on_demand_ahead_of_a_long_backoff(
     await trio.sleep(ON_DEMAND_RETRY)
     assert (await actor.get_token(0)).token.reveal().startswith("at-")
     assert len(endpoint.refresh_times) <= attempts + 2  # one or two tries, not one per request
-    assert actor.status()["state"] == "valid"
+    assert actor.status().state == "valid"
 
 
 async def test_retry_after_is_honoured_even_for_an_expired_token(
