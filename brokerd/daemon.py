@@ -82,19 +82,19 @@ def _try_lock(handle: IO[str]) -> bool:
     return True
 
 
-def _previous_is_stopping(sock: Path) -> bool:
-    """Whether the daemon holding the lock is on its way out: it says so, or it no longer answers."""
-    probe = stdlib_socket.socket(stdlib_socket.AF_UNIX, stdlib_socket.SOCK_STREAM)
-    try:
-        probe.settimeout(2.0)
-        probe.connect(os.fspath(sock))
-        probe.sendall(b'{"op":"hello"}\n')
-        answer = probe.recv(4096)
-    except OSError:
-        return True  # the lock is held but nothing answers: the holder is closing down
-    finally:
-        probe.close()
-    return b'"stopping":true' in answer
+def _holder_is_stopping(handle: IO[str]) -> bool:
+    """Whether the daemon holding the lock has said, in the lock file, that it is on its way out."""
+    handle.seek(0)
+    return handle.read().split()[1:2] == ["stopping"]
+
+
+def _say_stopping(handle: IO[str]) -> None:
+    """Tell a daemon that starts meanwhile that this one is stopping, so it waits instead of giving up."""
+    with contextlib.suppress(OSError):
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()} stopping\n")
+        handle.flush()
 
 
 @contextlib.contextmanager
@@ -105,7 +105,7 @@ def _instance_lock(sock: Path, readiness: _Readiness) -> Iterator[IO[str]]:
     try:
         if not _try_lock(handle):
             pid = _holder_pid(handle)
-            if not _previous_is_stopping(sock):
+            if not _holder_is_stopping(handle):
                 raise AlreadyRunning(
                     f"ncp-broker is already running (pid {pid}) on {sock}; use it, or stop it with: "
                     "ncp-broker stop"
@@ -134,8 +134,8 @@ def _holder_pid(handle: IO[str]) -> str:
     """The pid the lock holder wrote; it may have taken the lock a moment before writing, so look twice."""
     for _ in range(20):
         handle.seek(0)
-        if pid := handle.read().strip():
-            return pid
+        if words := handle.read().split():
+            return words[0]
         time.sleep(0.05)
     return "unknown"
 
@@ -274,7 +274,7 @@ async def _main(opts: DaemonOptions, readiness: _Readiness) -> None:
         fsutil.ensure_private_dir(sock.parent)
     except (fsutil.UnsafePathError, OSError) as exc:
         raise DaemonError(f"socket directory: {exc}") from None
-    with _instance_lock(sock, readiness):
+    with _instance_lock(sock, readiness) as lock:
         cfg = config.load(opts.config_path)
         if warning := config.insecure_file_warning(opts.config_path):
             log.warning("%s", warning)
@@ -307,6 +307,7 @@ async def _main(opts: DaemonOptions, readiness: _Readiness) -> None:
                 readiness.ready()
                 await broker.shutdown_requested.wait()
                 broker.begin_stop()
+                _say_stopping(lock)
                 log.info("stopping: no new exchanges; finishing those in flight")
                 _sd_notify("STOPPING=1")
                 work.nursery.cancel_scope.cancel()  # exchanges already sent are shielded: this waits for them

@@ -13,7 +13,7 @@ sent, is shielded like every exchange (DESIGN rule 10) and its tokens are saved 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 from urllib.parse import urlsplit
@@ -229,8 +229,6 @@ class Logins:
                     logged_in = True
                     self.last_error = None
                     log.info("%s: logged in", actor.label)
-            if not logged_in and login.cancel_scope.cancelled_caught:
-                login.error = actor.stopping_error("logins")
         except oauth.OAuthError as exc:
             login.error = self.last_error = WireError(
                 "needs_login",
@@ -243,6 +241,8 @@ class Logins:
             log.exception("%s: login crashed", actor.label)
             login.error = WireError("internal", f"{actor.label}: login failed; see the daemon's log")
         finally:
+            if actor.closed and not logged_in:
+                login.error = actor.stopping_error("logins")  # whatever it broke on on the way out
             self.pending = None
             login.url_known.set()
             login.done.set()
@@ -299,23 +299,32 @@ class Logins:
             login.pasted = send_pasted
             login.url = effect.authorization_url
             login.url_known.set()
-            result: dict[str, Mapping[str, str]] = {}
+            # The browser's callback or a pasted answer, whichever comes first. Each outcome, error or
+            # not, is kept rather than raised inside the nursery: two at once (the listener closing as
+            # the daemon stops, say) must not become an exception group nobody handles.
+            outcomes: list[Mapping[str, str] | oauth.OAuthError] = []
+
+            async def from_listener() -> Mapping[str, str]:
+                return await listener.expect(effect.state, timeout=LOGIN_TIMEOUT, issuer=discovery.issuer)
+
+            async def from_paste() -> Mapping[str, str]:
+                text = await receive_pasted.receive()
+                return oauth.parse_pasted_response(text, effect.redirect_uri, effect.state)
+
             async with trio.open_nursery() as nursery:
 
-                async def from_listener() -> None:
-                    result["query"] = await listener.expect(
-                        effect.state, timeout=LOGIN_TIMEOUT, issuer=discovery.issuer
-                    )
+                async def first(source: Callable[[], Awaitable[Mapping[str, str]]]) -> None:
+                    try:
+                        outcomes.append(await source())
+                    except oauth.OAuthError as exc:
+                        outcomes.append(exc)
                     nursery.cancel_scope.cancel()
 
-                async def from_paste() -> None:
-                    text = await receive_pasted.receive()
-                    result["query"] = oauth.parse_pasted_response(text, effect.redirect_uri, effect.state)
-                    nursery.cancel_scope.cancel()
-
-                nursery.start_soon(from_listener)
-                nursery.start_soon(from_paste)
-            return result["query"]
+                nursery.start_soon(first, from_listener)
+                nursery.start_soon(first, from_paste)
+            if isinstance(outcomes[0], oauth.OAuthError):
+                raise outcomes[0]
+            return outcomes[0]
 
         return await actor.drive(
             oauth.authorization_code_flow(

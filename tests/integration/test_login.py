@@ -173,7 +173,7 @@ def test_sigterm_during_login_stops_cleanly(
             assert time.monotonic() < deadline, daemon.log_text()
             time.sleep(0.1)
         daemon.proc.send_signal(signal.SIGTERM)
-        assert daemon.proc.wait(10) == 0
+        assert daemon.proc.wait(10) == 0, daemon.log_text()
     finally:
         proc.kill()
         proc.communicate(timeout=10)
