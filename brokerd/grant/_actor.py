@@ -25,13 +25,13 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 import trio
 
 from brokerd import oauth, renewal
 from brokerd.actors import Actor, LoginMode
-from brokerd.config import Server
+from brokerd.config import OAuthSettings, Server
 from brokerd.grant import _forget, _import, _status
 from brokerd.grant._context import OAuthContext
 from brokerd.grant._grant import Grant
@@ -86,7 +86,6 @@ class OAuthActor(Actor):
         self.grant = Grant(canonical_url(server.url), store, ctx, label=lambda: self.label, on_due=self._due)
         self.logins = Logins(self)
         self._renewal: _Renewal | None = None
-        self._closed = False
 
     # ---- settings ---------------------------------------------------------------------------------
 
@@ -95,7 +94,7 @@ class OAuthActor(Actor):
         return self._ctx
 
     @property
-    def settings(self) -> Any:
+    def settings(self) -> OAuthSettings:
         assert self.server.oauth is not None
         return self.server.oauth
 
@@ -121,17 +120,16 @@ class OAuthActor(Actor):
             log.error("%s", exc.message)
 
     def close(self) -> None:
-        self._closed = True
         self.grant.apply(renewal.Closed())
         self.logins.cancel()
 
     def reopen(self) -> None:
-        self._closed = False
         self.grant.apply(renewal.Closed(closed=False))
 
     @property
     def closed(self) -> bool:
-        return self._closed
+        """Taking no new exchanges (the machine's ``closed``): the daemon stops, or a reload retired it."""
+        return self.grant.state.closed
 
     def stopping_error(self, what: str) -> WireError:
         return WireError(
