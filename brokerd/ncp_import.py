@@ -340,7 +340,7 @@ class ImportItem:
 
     def _registration(self, discovery: oauth.Discovery) -> RegistrationRecord:
         c = self.client
-        method = c.token_endpoint_auth_method
+        method: str | None = c.token_endpoint_auth_method  # register() may name more methods than NCP does
         if method is None:
             # The broker's own choice for a client whose method is not recorded (R1): no effects, no I/O.
             chosen = oauth.run_sync(
