@@ -23,8 +23,8 @@ stays at the edge (``brokerd/keys.py``)::
     tokens = run(enterprise_flow(discovery, registration, idp=idp_registration, idp_token_endpoint=…,
                                  id_token=idp_tokens.id_token, policy=policy, scopes=s))
     tokens = run(renew(tokens, registration, policy=policy, sender=sender, assertion=jwt))  # before expiry
-    proof = dpop_proof(dpop_signer, method="POST", url=url, now=now, entropy=os.urandom,
-                       access_token=tokens.access_token)                   # per resource request
+    headers = resource_headers(tokens, method="POST", url=url, now=now, entropy=os.urandom,
+                               dpop_key=dpop_signer, nonce=rs_nonce)       # per resource request
 
 Errors are the :class:`OAuthError` tree of ``_errors.py``. Every token, secret, code and verifier is a
 :class:`~brokerd.secret.Secret`.
@@ -97,7 +97,7 @@ from brokerd.oauth._registration import Registration, client_auth, client_metada
 from brokerd.oauth._revocation import RevocationOutcome, revoke
 from brokerd.oauth._scopes import MAX_AUTHORIZATIONS, select_scopes, step_up_scopes
 from brokerd.oauth._sender import ASSERTION_LIFETIME, Sender, TokenReply, client_assertion
-from brokerd.oauth._tokens import TokenSet, authorization_header, bearer_header, refresh
+from brokerd.oauth._tokens import TokenSet, authorization_header, bearer_header, refresh, resource_headers
 from brokerd.oauth._urls import UrlPolicy, canonical_resource, is_loopback_host, loopback_redirect_uri
 
 __all__ = [
@@ -177,6 +177,7 @@ __all__ = [
     "renew",
     "require_s256",
     "resource_challenge",
+    "resource_headers",
     "response_nonce",
     "revoke",
     "run_sync",

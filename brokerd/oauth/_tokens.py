@@ -23,7 +23,8 @@ from collections.abc import Generator, Sequence
 
 import msgspec
 
-from brokerd.oauth._effects import Effect, Flow, HttpResponse, TransportFailure
+from brokerd.oauth._dpop import dpop_header, dpop_proof
+from brokerd.oauth._effects import Effect, Entropy, Flow, HttpResponse, TransportFailure
 from brokerd.oauth._errors import (
     GrantEndedError,
     OAuthError,
@@ -32,13 +33,14 @@ from brokerd.oauth._errors import (
     RequestRejectedError,
 )
 from brokerd.oauth._http import decode, describe, error_fields, is_transient, transient_error
+from brokerd.oauth._jose import JwsSigner
 from brokerd.oauth._registration import Registration
 from brokerd.oauth._sender import Sender, TokenReply, send_token_request
 from brokerd.oauth._text import untrusted
 from brokerd.oauth._urls import UrlPolicy
 from brokerd.secret import Secret
 
-__all__ = ["TokenSet", "authorization_header", "bearer_header", "refresh"]
+__all__ = ["TokenSet", "authorization_header", "bearer_header", "refresh", "resource_headers"]
 
 _GRANT_ENDING = frozenset({"invalid_grant", "invalid_client", "unauthorized_client"})
 _LOGIN_HINT = "log in to this server again"
@@ -93,6 +95,43 @@ def authorization_header(tokens: TokenSet) -> tuple[str, str]:
     if tokens.token_type == _DPOP:
         return "authorization", f"DPoP {tokens.access_token.reveal()}"
     return bearer_header(tokens.access_token)
+
+
+def resource_headers(
+    tokens: TokenSet,
+    *,
+    method: str,
+    url: str,
+    now: float,
+    entropy: Entropy,
+    dpop_key: JwsSigner | None = None,
+    nonce: str | None = None,
+) -> tuple[tuple[str, str], ...]:
+    """The headers that present ``tokens`` on one request ``method url`` to the resource (T1, E3): the
+    ``authorization`` header, and for a DPoP-bound token a fresh ``dpop`` proof with ``ath`` (and the
+    resource server's ``nonce`` when it demanded one, RFC 9449 §9). Make them anew for every request.
+
+    Raises:
+        PolicyError: the token is DPoP-bound and ``dpop_key`` is missing or is not the key it is bound to.
+    """
+    header = authorization_header(tokens)
+    if tokens.token_type != _DPOP:
+        return (header,)
+    if dpop_key is None or dpop_key.thumbprint != tokens.dpop_jkt:
+        raise PolicyError(
+            "this token is bound to a DPoP key that is not available; it cannot be used",
+            hint=_LOGIN_HINT,
+        )
+    proof = dpop_proof(
+        dpop_key,
+        method=method,
+        url=url,
+        now=now,
+        entropy=entropy,
+        nonce=nonce,
+        access_token=tokens.access_token,
+    )
+    return header, dpop_header(proof)
 
 
 class _TokenResponse(msgspec.Struct):

@@ -29,6 +29,7 @@ from brokerd.oauth import (
     nonce_challenge,
     parse_www_authenticate,
     refresh,
+    resource_headers,
     response_nonce,
     run_sync,
     wants_dpop,
@@ -424,3 +425,43 @@ def test_challenge_scheme_is_kept_for_the_decision() -> None:
     (challenge,) = DPOP_401
     assert isinstance(challenge, Challenge)
     assert (challenge.scheme, challenge.param("algs")) == ("DPoP", "ES256")
+
+
+@pytest.mark.parametrize(
+    ("tokens", "key", "names"),
+    [
+        (bound_tokens(token_type="Bearer", dpop_jkt=None), None, ["authorization"]),
+        (bound_tokens(token_type="Bearer", dpop_jkt=None), KEY, ["authorization"]),
+        (bound_tokens(), KEY, ["authorization", "dpop"]),
+    ],
+    ids=["bearer", "bearer-key-unused", "dpop"],
+)
+def test_resource_headers(tokens: TokenSet, key: Any, names: list[str]) -> None:
+    """T1, E3: a Bearer token goes alone; a DPoP token with a fresh proof for this request, ath and nonce."""
+    headers = resource_headers(
+        tokens,
+        method="POST",
+        url=f"{RESOURCE}?x=1",
+        now=NOW,
+        entropy=counter_entropy(),
+        dpop_key=key,
+        nonce="rs-n",
+    )
+    assert [name for name, _ in headers] == names
+    if "dpop" in names:
+        assert headers[0] == ("authorization", "DPoP old-access")
+        claims = parts(headers[1][1])[1]
+        assert (claims["htu"], claims["nonce"], claims["ath"]) == (
+            RESOURCE,
+            "rs-n",
+            access_token_hash("old-access"),
+        )
+
+
+@pytest.mark.parametrize("key", [None, fake_signer(public_jwk=OTHER_JWK)], ids=["no-key", "another-key"])
+def test_resource_headers_need_the_bound_key(key: Any) -> None:
+    """E3: a DPoP-bound token is never presented without its own key (it would only be refused)."""
+    with pytest.raises(PolicyError, match="bound to a DPoP key"):
+        resource_headers(
+            bound_tokens(), method="GET", url=RESOURCE, now=NOW, entropy=counter_entropy(), dpop_key=key
+        )
