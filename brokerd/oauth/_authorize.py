@@ -29,9 +29,9 @@ from brokerd.oauth._errors import (
 )
 from brokerd.oauth._pkce import make_pkce, random_string, require_s256
 from brokerd.oauth._registration import Registration
-from brokerd.oauth._sender import Sender
+from brokerd.oauth._sender import Sender, token_request
 from brokerd.oauth._text import error_code, untrusted
-from brokerd.oauth._tokens import TokenSet, parse_token_response, token_request
+from brokerd.oauth._tokens import TokenSet, parse_token_response
 from brokerd.oauth._urls import UrlPolicy, check_redirect_uri
 from brokerd.secret import Secret
 

@@ -18,9 +18,9 @@ from brokerd.oauth._effects import Effect, Flow, HttpResponse, ShowDeviceCode, f
 from brokerd.oauth._errors import AuthorizationDeniedError, PeerError, PolicyError
 from brokerd.oauth._http import decode, error_fields, is_transient, post_form
 from brokerd.oauth._registration import Registration, client_auth
-from brokerd.oauth._sender import Sender
+from brokerd.oauth._sender import Sender, token_request
 from brokerd.oauth._text import untrusted
-from brokerd.oauth._tokens import TokenSet, parse_token_response, token_error, token_request
+from brokerd.oauth._tokens import TokenSet, parse_token_response, token_error
 from brokerd.oauth._urls import UrlPolicy
 from brokerd.secret import Secret
 

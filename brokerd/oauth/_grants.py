@@ -30,16 +30,16 @@ from brokerd.oauth._effects import Flow, HttpResponse, TransportFailure
 from brokerd.oauth._errors import GrantEndedError, PeerError, PolicyError
 from brokerd.oauth._http import decode
 from brokerd.oauth._registration import Registration
-from brokerd.oauth._sender import Sender
+from brokerd.oauth._sender import Sender, token_request
 from brokerd.oauth._text import untrusted
 from brokerd.oauth._tokens import (
     TokenSet,
     check_dpop_key,
     check_owner,
+    lifetime_seconds,
     parse_token_response,
     refresh,
     token_error,
-    token_request,
 )
 from brokerd.oauth._urls import UrlPolicy
 from brokerd.secret import Secret
@@ -104,21 +104,8 @@ def client_credentials_flow(
             hint="set auth.oauth21.clientSecret or auth.oauth21.privateKey",
         )
     _check_signing_alg(discovery, registration, sender)
-    return (
-        yield from _request(
-            discovery.token_endpoint,
-            [("grant_type", CLIENT_CREDENTIALS)],
-            registration,
-            policy=policy,
-            scopes=scopes,
-            resource=discovery.resource,
-            revocation_endpoint=discovery.revocation_endpoint,
-            sender=sender,
-            what="the client credentials request",
-            grant_type=CLIENT_CREDENTIALS,
-            secrets=(registration.client_secret,),
-        )
-    )
+    target = _Target.of(discovery)
+    return (yield from _client_credentials(target, registration, policy=policy, scopes=scopes, sender=sender))
 
 
 def jwt_bearer_flow(
@@ -142,17 +129,9 @@ def jwt_bearer_flow(
     """
     _check_issuer(discovery, registration)
     _check_signing_alg(discovery, registration, sender)
+    target = _Target.of(discovery)
     return (
-        yield from _assertion_request(
-            discovery.token_endpoint,
-            assertion,
-            registration,
-            policy=policy,
-            scopes=scopes,
-            resource=discovery.resource,
-            revocation_endpoint=discovery.revocation_endpoint,
-            sender=sender,
-        )
+        yield from _jwt_bearer(target, assertion, registration, policy=policy, scopes=scopes, sender=sender)
     )
 
 
@@ -251,34 +230,17 @@ def renew(
     if tokens.refresh_token is not None:
         return (yield from refresh(tokens, registration, policy=policy, sender=sender))
     sender = check_dpop_key(tokens, sender)
-    scopes = tokens.scopes or None
+    target, scopes = _Target.of(tokens), tokens.scopes or None
     if tokens.grant_type == CLIENT_CREDENTIALS:
         return (
-            yield from _request(
-                tokens.token_endpoint,
-                [("grant_type", CLIENT_CREDENTIALS)],
-                registration,
-                policy=policy,
-                scopes=scopes,
-                resource=tokens.resource,
-                revocation_endpoint=tokens.revocation_endpoint,
-                sender=sender,
-                what="the client credentials request",
-                grant_type=CLIENT_CREDENTIALS,
-                secrets=(registration.client_secret, tokens.access_token),
+            yield from _client_credentials(
+                target, registration, policy=policy, scopes=scopes, sender=sender, held=tokens.access_token
             )
         )
     if tokens.grant_type == JWT_BEARER and assertion is not None:
         return (
-            yield from _assertion_request(
-                tokens.token_endpoint,
-                assertion,
-                registration,
-                policy=policy,
-                scopes=scopes,
-                resource=tokens.resource,
-                revocation_endpoint=tokens.revocation_endpoint,
-                sender=sender,
+            yield from _jwt_bearer(
+                target, assertion, registration, policy=policy, scopes=scopes, sender=sender
             )
         )
     if tokens.grant_type == JWT_BEARER:
@@ -297,28 +259,64 @@ def renew(
 # ---- shared ----------------------------------------------------------------------------------------
 
 
-def _assertion_request(
-    token_endpoint: str,
+@dataclass(frozen=True, slots=True)
+class _Target:
+    """Where a grant's tokens come from and what for: from discovery (a new grant) or from the tokens
+    themselves (renewing without rediscovery, DESIGN rule 5)."""
+
+    token_endpoint: str
+    resource: str | None
+    revocation_endpoint: str | None
+
+    @classmethod
+    def of(cls, source: Discovery | TokenSet) -> _Target:
+        if isinstance(source, Discovery):
+            return cls(source.token_endpoint, source.resource_indicator, source.revocation_endpoint)
+        return cls(source.token_endpoint, source.resource, source.revocation_endpoint)
+
+
+def _client_credentials(
+    target: _Target,
+    registration: Registration,
+    *,
+    policy: UrlPolicy,
+    scopes: Sequence[str] | None,
+    sender: Sender | None,
+    held: Secret | None = None,
+) -> Flow[TokenSet]:
+    return (
+        yield from _request(
+            target,
+            [("grant_type", CLIENT_CREDENTIALS)],
+            registration,
+            policy=policy,
+            scopes=scopes,
+            sender=sender,
+            what="the client credentials request",
+            grant_type=CLIENT_CREDENTIALS,
+            secrets=(registration.client_secret, held),
+        )
+    )
+
+
+def _jwt_bearer(
+    target: _Target,
     assertion: Secret,
     registration: Registration,
     *,
     policy: UrlPolicy,
     scopes: Sequence[str] | None,
-    resource: str | None,
-    revocation_endpoint: str | None,
     sender: Sender | None,
 ) -> Flow[TokenSet]:
     if not assertion:
         raise PolicyError("the assertion for the jwt-bearer grant is empty")
     return (
         yield from _request(
-            token_endpoint,
+            target,
             [("grant_type", JWT_BEARER), ("assertion", assertion.reveal())],
             registration,
             policy=policy,
             scopes=scopes,
-            resource=resource,
-            revocation_endpoint=revocation_endpoint,
             sender=sender,
             what="the jwt-bearer request",
             grant_type=JWT_BEARER,
@@ -328,14 +326,12 @@ def _assertion_request(
 
 
 def _request(
-    token_endpoint: str,
+    target: _Target,
     form: list[tuple[str, str]],
     registration: Registration,
     *,
     policy: UrlPolicy,
     scopes: Sequence[str] | None,
-    resource: str | None,
-    revocation_endpoint: str | None,
     sender: Sender | None,
     what: str,
     grant_type: str,
@@ -343,17 +339,17 @@ def _request(
 ) -> Flow[TokenSet]:
     if scopes:
         form.append(("scope", " ".join(scopes)))
-    if resource is not None:
-        form.append(("resource", resource))
-    reply = yield from token_request(token_endpoint, form, registration, policy, sender)
+    if target.resource is not None:
+        form.append(("resource", target.resource))
+    reply = yield from token_request(target.token_endpoint, form, registration, policy, sender)
     return parse_token_response(
         reply,
         what=what,
         secrets=secrets,
         registration=registration,
-        token_endpoint=token_endpoint,
-        resource=resource,
-        revocation_endpoint=revocation_endpoint,
+        token_endpoint=target.token_endpoint,
+        resource=target.resource,
+        revocation_endpoint=target.revocation_endpoint,
         requested_scopes=scopes,
         grant_type=grant_type,
     )
@@ -363,7 +359,7 @@ class _ExchangeResponse(msgspec.Struct):
     access_token: str
     issued_token_type: str | None = None
     token_type: str | None = None
-    expires_in: int | float | None = None
+    expires_in: int | float | str | None = None
     scope: str | None = None
 
 
@@ -383,10 +379,8 @@ def _parse_id_jag(result: HttpResponse | TransportFailure, *, secrets: Sequence[
         raise PeerError(
             f"the IdP answered {what} with a {untrusted(answer.issued_token_type, limit=80)!r}, not an ID-JAG"
         )
-    lifetime = answer.expires_in
-    expires_at = None
-    if isinstance(lifetime, int | float) and not isinstance(lifetime, bool) and 0 < lifetime < 10**9:
-        expires_at = result.received_at + float(lifetime)
+    lifetime = lifetime_seconds(answer.expires_in)
+    expires_at = None if lifetime is None else result.received_at + lifetime
     scopes = tuple(answer.scope.split()) if answer.scope is not None else None
     return IdJag(Secret(answer.access_token), expires_at, scopes)
 

@@ -1,6 +1,6 @@
 """Sending a token request: client authentication, a DPoP proof, one retry for a DPoP nonce (E1, E3).
 
-Every flow that posts to a token endpoint goes through :func:`send_token_request`. Without a
+Every flow that posts to a token endpoint goes through :func:`token_request`. Without a
 :class:`Sender` it posts the form with the registration's client authentication, as it always did. With one:
 
 * ``private_key_jwt`` registrations get a fresh client assertion (RFC 7523 §2.2) per request: ``iss`` =
@@ -34,7 +34,7 @@ __all__ = [
     "TokenReply",
     "assertion_for",
     "client_assertion",
-    "send_token_request",
+    "token_request",
 ]
 
 ASSERTION_LIFETIME = 60
@@ -102,7 +102,7 @@ def client_assertion(
     return Secret(compact_jws({"typ": "JWT"}, claims, key))
 
 
-def send_token_request(
+def token_request(
     endpoint: str,
     form: Sequence[tuple[str, str]],
     registration: Registration,

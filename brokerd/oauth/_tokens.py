@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Generator, Sequence
+from collections.abc import Sequence
 
 import msgspec
 
 from brokerd.oauth._dpop import dpop_header, dpop_proof
-from brokerd.oauth._effects import Effect, Entropy, Flow, HttpResponse, TransportFailure
+from brokerd.oauth._effects import Entropy, Flow, HttpResponse, TransportFailure
 from brokerd.oauth._errors import (
     GrantEndedError,
     OAuthError,
@@ -35,7 +35,7 @@ from brokerd.oauth._errors import (
 from brokerd.oauth._http import decode, describe, error_fields, is_transient, transient_error
 from brokerd.oauth._jose import JwsSigner
 from brokerd.oauth._registration import Registration
-from brokerd.oauth._sender import Sender, TokenReply, send_token_request
+from brokerd.oauth._sender import Sender, TokenReply, token_request
 from brokerd.oauth._text import untrusted
 from brokerd.oauth._urls import UrlPolicy
 from brokerd.secret import Secret
@@ -143,18 +143,6 @@ class _TokenResponse(msgspec.Struct):
     id_token: str | None = None
 
 
-def token_request(
-    endpoint: str,
-    form: Sequence[tuple[str, str]],
-    registration: Registration,
-    policy: UrlPolicy,
-    sender: Sender | None = None,
-) -> Generator[Effect, object, TokenReply]:
-    """POST ``form`` plus the client's authentication (and a DPoP proof, with ``sender``) to ``endpoint``;
-    the raw reply (see :func:`~brokerd.oauth._sender.send_token_request`)."""
-    return (yield from send_token_request(endpoint, form, registration, policy, sender))
-
-
 def token_error(
     result: HttpResponse | TransportFailure,
     *,
@@ -220,7 +208,7 @@ def parse_token_response(
     if not answer.access_token:
         raise PeerError(f"the token endpoint answered {what} without an access token")
     token_type = _token_type(answer.token_type, reply.dpop_jkt, what)
-    lifetime = _seconds(answer.expires_in)
+    lifetime = lifetime_seconds(answer.expires_in)
     scopes = tuple(answer.scope.split()) if answer.scope is not None else tuple(requested_scopes or ())
     refresh_token = Secret(answer.refresh_token) if answer.refresh_token else None
     id_token = Secret(answer.id_token) if answer.id_token else None
@@ -258,8 +246,8 @@ def _token_type(value: str | None, dpop_jkt: str | None, what: str) -> str:
     )
 
 
-def _seconds(value: int | float | str | None) -> float | None:
-    # Some servers send expires_in as a string; anything unusable counts as "not given".
+def lifetime_seconds(value: int | float | str | None) -> float | None:
+    """``expires_in`` as seconds, None when absent or unusable (some servers send a string)."""
     if isinstance(value, str):
         try:
             value = float(value.strip())
