@@ -17,7 +17,7 @@ Grants without a browser (E1, E2, E4) and DPoP (E3) take a :class:`Sender`: the 
 signing key for ``private_key_jwt`` and the grant's DPoP key, each a :class:`JwsSigner` whose private key
 stays at the edge (``brokerd/keys.py``)::
 
-    sender = Sender(now=now, entropy=os.urandom, client_key=client_signer, dpop_key=dpop_signer)
+    sender = Sender(entropy=os.urandom, client_key=client_signer, dpop_key=dpop_signer)
     tokens = run(client_credentials_flow(discovery, registration, policy=policy, scopes=s, sender=sender))
     tokens = run(jwt_bearer_flow(discovery, registration, assertion=jwt, policy=policy, scopes=s))
     tokens = run(enterprise_flow(discovery, registration, idp=idp_registration, idp_token_endpoint=…,

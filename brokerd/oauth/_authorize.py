@@ -58,8 +58,7 @@ def authorization_code_flow(
     :class:`Fetch` for the code exchange (two when a DPoP nonce is demanded). ``scopes`` usually comes
     from :func:`select_scopes` or :func:`step_up_scopes`; None omits ``scope``. ``redirect_uri`` must be a
     loopback URI (A6). ``sender`` adds a ``private_key_jwt`` assertion and a DPoP proof to the code
-    exchange (E1, E3); its ``now`` should be taken after the callback arrived, so the driver may pass a
-    sender whose time is refreshed — the proof's ``iat`` only has to be within minutes.
+    exchange (E1, E3), made at the time the driver gives for a ``Sleep(0)`` just before it.
 
     Raises:
         PolicyError: no S256 (A1), the registration is for another issuer (D7), the authorization URL or

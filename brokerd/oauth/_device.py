@@ -51,9 +51,8 @@ def device_flow(
     sender: Sender | None = None,
 ) -> Flow[TokenSet]:
     """Log in with the device authorization grant (A8). Call only when
-    ``discovery.device_authorization_endpoint`` is set (else ValueError). ``sender`` adds a DPoP proof to
-    each token poll (E3); its ``now`` is that of the start, which is fine for the code's lifetime of
-    minutes (the proofs' ``iat`` windows are about five).
+    ``discovery.device_authorization_endpoint`` is set (else ValueError). ``sender`` adds a fresh DPoP
+    proof to each token poll (E3).
 
     Yields a :class:`Fetch` (device authorization), one :class:`ShowDeviceCode`, then :class:`Sleep` and
     :class:`Fetch` (token poll) in turn.

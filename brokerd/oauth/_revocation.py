@@ -16,7 +16,7 @@ from brokerd.oauth._effects import Flow, HttpResponse, fetch
 from brokerd.oauth._errors import PolicyError
 from brokerd.oauth._http import describe, error_fields, is_transient, post_form, transient_error
 from brokerd.oauth._registration import Registration, client_auth
-from brokerd.oauth._sender import Sender, assertion_for
+from brokerd.oauth._sender import Sender, assertion_for, current_time, signs
 from brokerd.oauth._tokens import TokenSet, check_owner
 from brokerd.oauth._urls import UrlPolicy
 from brokerd.secret import Secret
@@ -63,8 +63,9 @@ def revoke(
     secrets = (tokens.refresh_token, tokens.access_token, registration.client_secret)
     outcomes = []
     for hint, token in pending:
+        now = (yield from current_time()) if signs(registration, sender) else 0.0
         try:
-            headers, auth_form = client_auth(registration, assertion=assertion_for(registration, sender))
+            headers, auth_form = client_auth(registration, assertion=assertion_for(registration, sender, now))
         except PolicyError as exc:
             outcomes.append(RevocationOutcome(hint, "refused", exc.message))
             continue

@@ -11,6 +11,10 @@ Every flow that posts to a token endpoint goes through :func:`token_request`. Wi
   An answer of 400 ``use_dpop_nonce`` with a ``DPoP-Nonce`` is retried once with that nonce — a new proof
   *and* a new client assertion, since servers refuse a ``jti`` they have seen (oidc-provider does).
 
+Before it signs anything, the request asks the driver for the time (a ``Sleep(0)`` effect, which is
+answered with the wall-clock time): a code exchange may come minutes after its flow started, and proofs
+are accepted only within minutes of their ``iat``.
+
 The reply says which key a proof was sent with (the token is bound to it only if the server then says
 ``token_type: DPoP``) and the server's latest nonce, for the next request.
 """
@@ -21,7 +25,7 @@ from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 
 from brokerd.oauth._dpop import dpop_header, dpop_proof, nonce_challenge, response_nonce
-from brokerd.oauth._effects import Effect, Entropy, HttpResponse, TransportFailure, fetch
+from brokerd.oauth._effects import Effect, Entropy, HttpResponse, TransportFailure, fetch, sleep
 from brokerd.oauth._http import post_form
 from brokerd.oauth._jose import JwsSigner, b64url, compact_jws
 from brokerd.oauth._registration import Registration, client_auth
@@ -34,6 +38,8 @@ __all__ = [
     "TokenReply",
     "assertion_for",
     "client_assertion",
+    "current_time",
+    "signs",
     "token_request",
 ]
 
@@ -43,14 +49,14 @@ _JTI_BYTES = 16
 
 @dataclass(frozen=True, slots=True, repr=False)
 class Sender:
-    """What a token request proves beyond the registration, and the time and entropy that takes.
+    """What a token request proves beyond the registration, and the entropy that takes (the time is asked
+    of the driver when it is needed).
 
     ``client_key`` signs ``private_key_jwt`` client assertions; ``dpop_key`` is the grant's DPoP key (None:
     no proof, a Bearer grant); ``dpop_nonce`` the authorization server's last nonce (from a previous
-    :class:`TokenReply` or :attr:`~brokerd.oauth.TokenSet.dpop_nonce`). ``now`` is wall-clock seconds.
+    :class:`TokenReply` or :attr:`~brokerd.oauth.TokenSet.dpop_nonce`).
     """
 
-    now: float
     entropy: Entropy
     client_key: JwsSigner | None = None
     dpop_key: JwsSigner | None = None
@@ -58,7 +64,7 @@ class Sender:
 
     def __repr__(self) -> str:
         return (
-            f"Sender(now={self.now}, client_key={self.client_key!r}, dpop_key={self.dpop_key!r},"
+            f"Sender(client_key={self.client_key!r}, dpop_key={self.dpop_key!r},"
             f" dpop_nonce={self.dpop_nonce is not None})"
         )
 
@@ -119,13 +125,12 @@ def token_request(
     nonce = sender.dpop_nonce if sender is not None else None
     retried = False
     while True:
-        headers, auth_form = client_auth(registration, assertion=assertion_for(registration, sender))
+        now = (yield from current_time()) if signs(registration, sender) else 0.0
+        headers, auth_form = client_auth(registration, assertion=assertion_for(registration, sender, now))
         jkt = None
         if sender is not None and sender.dpop_key is not None:
             key = sender.dpop_key
-            proof = dpop_proof(
-                key, method="POST", url=endpoint, now=sender.now, entropy=sender.entropy, nonce=nonce
-            )
+            proof = dpop_proof(key, method="POST", url=endpoint, now=now, entropy=sender.entropy, nonce=nonce)
             headers = (*headers, dpop_header(proof))
             jkt = key.thumbprint
         result = yield from fetch(post_form(endpoint, (*form, *auth_form), headers))
@@ -136,12 +141,25 @@ def token_request(
         return TokenReply(result, jkt, response_nonce(result) or nonce)
 
 
-def assertion_for(registration: Registration, sender: Sender | None) -> Secret | None:
-    """A fresh client assertion when ``registration`` uses ``private_key_jwt`` and ``sender`` has the key;
-    else None (and :func:`~brokerd.oauth.client_auth` says what is missing)."""
+def signs(registration: Registration, sender: Sender | None) -> bool:
+    """Whether a request with ``sender`` signs something (a DPoP proof or a client assertion)."""
+    if sender is None:
+        return False
+    method = registration.token_endpoint_auth_method
+    return sender.dpop_key is not None or (method == "private_key_jwt" and sender.client_key is not None)
+
+
+def current_time() -> Generator[Effect, object, float]:
+    """The wall-clock time, asked of the driver: a ``Sleep(0)``, answered with the time after it."""
+    return (yield from sleep(0.0))
+
+
+def assertion_for(registration: Registration, sender: Sender | None, now: float) -> Secret | None:
+    """A fresh client assertion at ``now`` when ``registration`` uses ``private_key_jwt`` and ``sender``
+    has the key; else None (and :func:`~brokerd.oauth.client_auth` says what is missing)."""
     method = registration.token_endpoint_auth_method
     if method != "private_key_jwt":
         return None
     if sender is None or sender.client_key is None:
         return None
-    return client_assertion(registration, sender.client_key, now=sender.now, entropy=sender.entropy)
+    return client_assertion(registration, sender.client_key, now=now, entropy=sender.entropy)

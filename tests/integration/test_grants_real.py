@@ -53,7 +53,7 @@ async def run(flow: oauth.Flow[Any], http: httpx.AsyncClient) -> Any:
 
 
 def sender(**changes: Any) -> oauth.Sender:
-    return oauth.Sender(now=time.time(), entropy=os.urandom, **changes)
+    return oauth.Sender(entropy=os.urandom, **changes)
 
 
 def claims_of(token: oauth.TokenSet) -> dict[str, Any]:

@@ -61,7 +61,7 @@ def parts(jwt: str) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def sender(**changes: Any) -> Sender:
-    fields: dict[str, Any] = {"now": NOW, "entropy": counter_entropy(), "dpop_key": KEY}
+    fields: dict[str, Any] = {"entropy": counter_entropy(), "dpop_key": KEY}
     fields.update(changes)
     return Sender(**fields)
 
@@ -465,3 +465,26 @@ def test_resource_headers_need_the_bound_key(key: Any) -> None:
         resource_headers(
             bound_tokens(), method="GET", url=RESOURCE, now=NOW, entropy=counter_entropy(), dpop_key=key
         )
+
+
+def test_proof_time_is_taken_when_the_code_is_exchanged() -> None:
+    """E3: the proof's iat is the time of the exchange (asked of the driver), not of the flow's start: a
+    login that takes ten minutes still sends a proof the server accepts."""
+    driver = FakeDriver({f"POST {TOKEN_URL}": DPOP_TOKEN}, now=NOW)
+
+    def slow_user(effect: Any) -> dict[str, str]:
+        driver.now += 600
+        return {"code": "c", "state": effect.state}
+
+    driver.redirect = slow_user
+    flow = authorization_code_flow(
+        discovery(),
+        PUBLIC,
+        policy=POLICY,
+        redirect_uri="http://127.0.0.1:9876/callback",
+        scopes=None,
+        entropy=counter_entropy(),
+        sender=sender(),
+    )
+    run_sync(flow, driver)
+    assert parts(driver.requests[0].header("dpop") or "")[1]["iat"] == int(NOW) + 600

@@ -80,7 +80,7 @@ def discovery(**changes: Any) -> Discovery:
 
 
 def sender(**changes: Any) -> Sender:
-    fields: dict[str, Any] = {"now": NOW, "entropy": counter_entropy(), "client_key": CLIENT_KEY}
+    fields: dict[str, Any] = {"entropy": counter_entropy(), "client_key": CLIENT_KEY}
     fields.update(changes)
     return Sender(**fields)
 
