@@ -20,7 +20,7 @@ import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
@@ -32,15 +32,20 @@ from brokerd.secret import Secret, dec_hook
 __all__ = [
     "Config",
     "ConfigError",
+    "EnterpriseSettings",
     "Grant",
+    "KeySource",
     "OAuthSettings",
     "Server",
+    "TokenSource",
     "differences",
     "edit_raw",
     "insecure_file_warning",
     "load",
     "parse",
 ]
+
+_C = TypeVar("_C", bound=str)
 
 DEFAULT_CALLBACK_PORT = 9876  # NCP's default, so existing registrations keep matching
 
@@ -60,12 +65,47 @@ class ConfigError(Exception):
 # ---- file layer -----------------------------------------------------------------------------------
 
 
+GrantType = Literal["authorization_code", "client_credentials", "jwt_bearer"]
+AuthMethod = Literal["none", "client_secret_basic", "client_secret_post", "private_key_jwt"]
+DpopSetting = Literal["auto", "required", "off"]
+_GRANTS: tuple[GrantType, ...] = ("authorization_code", "client_credentials", "jwt_bearer")
+_AUTH_METHODS: tuple[AuthMethod, ...] = (
+    "none",
+    "client_secret_basic",
+    "client_secret_post",
+    "private_key_jwt",
+)
+_DPOP: tuple[DpopSetting, ...] = ("auto", "required", "off")
+
+
+class _Source(msgspec.Struct, forbid_unknown_fields=True, rename="camel", omit_defaults=True):
+    # Where a credential is read from; which of the three a key allows is checked in _source().
+    file: str | None = None
+    command: list[str] | None = None
+    keyring: str | None = None
+
+
+class _Enterprise(msgspec.Struct, forbid_unknown_fields=True, rename="camel", omit_defaults=True):
+    issuer: str
+    client_id: str
+    client_secret: Secret | None = None
+    id_token: _Source | None = None
+    scopes: list[str] | None = None
+
+
 class _OAuth21(msgspec.Struct, forbid_unknown_fields=True, rename="camel", omit_defaults=True):
     scopes: list[str] | None = None
     callback_port: int | None = None
     client_id: str | None = None
     client_secret: Secret | None = None
     client_metadata_url: str | None = None
+    # Plain strings, checked in _oauth_settings, so that a wrong value is answered with the right ones.
+    grant: str | None = None
+    token_endpoint_auth_method: str | None = None
+    private_key: _Source | None = None
+    workload_token: _Source | None = None
+    enterprise: _Enterprise | None = None
+    dpop: str = "auto"
 
 
 class _Auth(msgspec.Struct, forbid_unknown_fields=True, rename="camel", omit_defaults=True):
@@ -90,12 +130,55 @@ class _Entry(msgspec.Struct, rename="camel"):
 
 
 @dataclass(frozen=True)
+class TokenSource:
+    """Where a token that someone else issues is read, each time it is needed: ``file`` (re-read when it
+    changes; a workload's projected token, an ID token a sign-in helper keeps) or ``command`` (an argv run
+    without a shell; its standard output, stripped, is the token)."""
+
+    file: Path | None = None
+    command: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class KeySource:
+    """Where the client's private key for ``private_key_jwt`` is: ``file`` (PEM, mode 0600, checked when
+    it is read: ``brokerd.keys.load_key_file``) or ``keyring`` (the name of an entry of service
+    ``ncp-broker`` holding the PEM text)."""
+
+    file: Path | None = None
+    keyring: str | None = None
+
+
+@dataclass(frozen=True)
+class EnterpriseSettings:
+    """The enterprise IdP of SEP-990 (E2): its ``issuer``, this client's registration there
+    (``client_id``, ``client_secret``), the ``scopes`` of the login there (``openid`` at least), and
+    optionally ``id_token``: a source of ID tokens that replaces logging in at the IdP."""
+
+    issuer: str
+    client_id: str
+    client_secret: Secret | None = None
+    id_token: TokenSource | None = None
+    scopes: tuple[str, ...] = ("openid",)
+
+
+@dataclass(frozen=True)
 class OAuthSettings:
+    """An ``oauth21`` block, checked. ``grant`` is how tokens are had: ``authorization_code`` (a person logs
+    in; the default), ``client_credentials`` (E1) or ``jwt_bearer`` with ``workload_token`` (E4) or
+    ``enterprise`` (E2). ``dpop`` is when to bind tokens to a key (E3, ``brokerd.oauth.wants_dpop``)."""
+
     scopes: tuple[str, ...] | None
     callback_port: int | None
     client_id: str | None
     client_secret: Secret | None
     client_metadata_url: str | None
+    grant: GrantType = "authorization_code"
+    token_endpoint_auth_method: AuthMethod | None = None
+    private_key: KeySource | None = None
+    workload_token: TokenSource | None = None
+    enterprise: EnterpriseSettings | None = None
+    dpop: DpopSetting = "auto"
 
 
 @dataclass(frozen=True)
@@ -245,26 +328,163 @@ def _server(path: Path | None, name: str, entry: _Entry) -> Server:
                     name, "none", reason="NCP's legacy device-flow 'oauth' block; use 'oauth21'", **common
                 )
             raise ConfigError(path, f"{where}.auth", 'type "oauth" needs an "oauth21" block ({} is enough)')
-        o = auth.oauth21
-        if o.callback_port is not None and not (0 <= o.callback_port <= 65535):
-            raise ConfigError(path, f"{where}.auth.oauth21.callbackPort", "must be a port number 0-65535")
-        if o.client_secret is not None and o.client_id is None:
-            raise ConfigError(path, f"{where}.auth.oauth21", "clientSecret is given without clientId")
-        if o.client_metadata_url is not None:
-            cimd = urlsplit(o.client_metadata_url)
-            if cimd.scheme != "https" or cimd.path in ("", "/"):
-                raise ConfigError(
-                    path, f"{where}.auth.oauth21.clientMetadataUrl", "must be an https URL with a path"
-                )
-        settings = OAuthSettings(
-            scopes=tuple(o.scopes) if o.scopes is not None else None,
-            callback_port=o.callback_port,
-            client_id=o.client_id,
-            client_secret=o.client_secret,
-            client_metadata_url=o.client_metadata_url,
-        )
+        settings = _oauth_settings(path, f"{where}.auth.oauth21", auth.oauth21, insecure)
         return Server(name, "oauth", oauth=settings, **common)
     return Server(name, "none", reason=f'auth type "{auth.type}" is not brokered', **common)
+
+
+def _oauth_settings(path: Path | None, where: str, o: _OAuth21, insecure: bool) -> OAuthSettings:
+    """The checked ``oauth21`` block. The grant follows from the keys when not given: ``workloadToken`` or
+    ``enterprise`` mean ``jwt_bearer``; otherwise ``authorization_code``."""
+    if o.callback_port is not None and not (0 <= o.callback_port <= 65535):
+        raise ConfigError(path, f"{where}.callbackPort", "must be a port number 0-65535")
+    if o.client_secret is not None and o.client_id is None:
+        raise ConfigError(path, where, "clientSecret is given without clientId")
+    if o.client_metadata_url is not None:
+        cimd = urlsplit(o.client_metadata_url)
+        if cimd.scheme != "https" or cimd.path in ("", "/"):
+            raise ConfigError(path, f"{where}.clientMetadataUrl", "must be an https URL with a path")
+    if o.workload_token is not None and o.enterprise is not None:
+        raise ConfigError(
+            path, where, "give workloadToken or enterprise, not both: each is a jwt_bearer assertion"
+        )
+    given_grant = _choice(path, f"{where}.grant", o.grant, _GRANTS)
+    method = _choice(path, f"{where}.tokenEndpointAuthMethod", o.token_endpoint_auth_method, _AUTH_METHODS)
+    dpop = _choice(path, f"{where}.dpop", o.dpop, _DPOP) or "auto"
+    inferred: GrantType = "jwt_bearer" if (o.workload_token or o.enterprise) else "authorization_code"
+    grant = given_grant or inferred
+    if grant == "jwt_bearer" and inferred != "jwt_bearer":
+        raise ConfigError(
+            path, f"{where}.grant", '"jwt_bearer" needs workloadToken or enterprise (the assertion)'
+        )
+    if grant != "jwt_bearer" and inferred == "jwt_bearer":
+        given = "workloadToken" if o.workload_token else "enterprise"
+        raise ConfigError(path, f"{where}.{given}", f'is used only with grant "jwt_bearer", not "{grant}"')
+    if grant != "authorization_code":
+        for key, value in (("callbackPort", o.callback_port), ("clientMetadataUrl", o.client_metadata_url)):
+            if value is not None:
+                raise ConfigError(
+                    path, f"{where}.{key}", f'has no use with grant "{grant}": no browser is involved'
+                )
+    if grant == "client_credentials" and (
+        o.client_id is None or (o.client_secret is None and o.private_key is None)
+    ):
+        raise ConfigError(
+            path,
+            where,
+            'grant "client_credentials" needs clientId, and clientSecret or privateKey',
+        )
+    if o.enterprise is not None and o.client_id is None:
+        # SEP-990 §6.1: the IdP puts this client's ID at the MCP server's AS into the ID-JAG.
+        raise ConfigError(
+            path,
+            where,
+            "enterprise needs clientId: this client's ID at the MCP server's authorization server",
+        )
+    _check_client_auth(path, where, o)
+    return OAuthSettings(
+        scopes=tuple(o.scopes) if o.scopes is not None else None,
+        callback_port=o.callback_port,
+        client_id=o.client_id,
+        client_secret=o.client_secret,
+        client_metadata_url=o.client_metadata_url,
+        grant=grant,
+        token_endpoint_auth_method=method,
+        private_key=_key_source(path, f"{where}.privateKey", o.private_key),
+        workload_token=_token_source(path, f"{where}.workloadToken", o.workload_token),
+        enterprise=_enterprise(path, f"{where}.enterprise", o.enterprise, insecure),
+        dpop=dpop,
+    )
+
+
+def _choice(path: Path | None, where: str, value: str | None, allowed: tuple[_C, ...]) -> _C | None:
+    if value is None:
+        return None
+    for option in allowed:
+        if value == option:
+            return option
+    names = ", ".join(f'"{a}"' for a in allowed[:-1]) + f' or "{allowed[-1]}"'
+    raise ConfigError(path, where, f"must be {names}, not {json.dumps(value)[:60]}")
+
+
+def _check_client_auth(path: Path | None, where: str, o: _OAuth21) -> None:
+    if o.private_key is not None and o.client_id is None:
+        raise ConfigError(path, where, "privateKey is given without clientId")
+    if o.private_key is not None and o.client_secret is not None:
+        raise ConfigError(path, where, "give clientSecret or privateKey, not both")
+    method = o.token_endpoint_auth_method
+    if method is None:
+        return
+    at = f"{where}.tokenEndpointAuthMethod"
+    if o.client_id is None:
+        raise ConfigError(path, at, "is given without clientId")
+    if method == "private_key_jwt" and o.private_key is None:
+        raise ConfigError(path, at, '"private_key_jwt" needs privateKey')
+    if method != "private_key_jwt" and o.private_key is not None:
+        raise ConfigError(path, at, f'is "{method}", but privateKey is given (that means "private_key_jwt")')
+    if method in ("client_secret_basic", "client_secret_post") and o.client_secret is None:
+        raise ConfigError(path, at, f'"{method}" needs clientSecret')
+    if method == "none" and o.client_secret is not None:
+        raise ConfigError(path, at, 'is "none", but clientSecret is given')
+
+
+def _file_path(path: Path | None, where: str, value: str) -> Path:
+    if not value or "\x00" in value:
+        raise ConfigError(path, where, "must be a file path")
+    file = Path(value)
+    if not (file.is_absolute() or value.startswith("~")):
+        raise ConfigError(path, where, f"{value!r} must be an absolute path (or start with ~)")
+    return file
+
+
+def _only(path: Path | None, where: str, source: _Source, allowed: tuple[str, ...]) -> str:
+    given = [name for name in ("file", "command", "keyring") if getattr(source, name) is not None]
+    names = " or ".join(f'"{a}"' for a in allowed)
+    if len(given) != 1 or given[0] not in allowed:
+        raise ConfigError(path, where, f"must have exactly one of {names}")
+    return given[0]
+
+
+def _token_source(path: Path | None, where: str, source: _Source | None) -> TokenSource | None:
+    if source is None:
+        return None
+    if _only(path, where, source, ("file", "command")) == "file":
+        return TokenSource(file=_file_path(path, f"{where}.file", source.file or ""))
+    command = source.command or []
+    if not command or not all(isinstance(a, str) and a and "\x00" not in a for a in command):
+        raise ConfigError(path, f"{where}.command", "must be a non-empty list of program and arguments")
+    return TokenSource(command=tuple(command))
+
+
+def _key_source(path: Path | None, where: str, source: _Source | None) -> KeySource | None:
+    if source is None:
+        return None
+    if _only(path, where, source, ("file", "keyring")) == "file":
+        return KeySource(file=_file_path(path, f"{where}.file", source.file or ""))
+    name = source.keyring or ""
+    if not _NAME_RE.match(name):
+        raise ConfigError(path, f"{where}.keyring", "must be a keyring entry name (1-200 characters)")
+    return KeySource(keyring=name)
+
+
+def _enterprise(
+    path: Path | None, where: str, e: _Enterprise | None, insecure: bool
+) -> EnterpriseSettings | None:
+    if e is None:
+        return None
+    _check_url(path, f"{where}.issuer", e.issuer, allow_insecure_loopback=insecure)
+    scopes = tuple(e.scopes) if e.scopes is not None else ("openid",)
+    if "openid" not in scopes and e.id_token is None:
+        raise ConfigError(
+            path, f"{where}.scopes", 'must include "openid": the login there is for an ID token'
+        )
+    return EnterpriseSettings(
+        issuer=e.issuer,
+        client_id=e.client_id,
+        client_secret=e.client_secret,
+        id_token=_token_source(path, f"{where}.idToken", e.id_token),
+        scopes=scopes,
+    )
 
 
 def _convert(path: Path | None, where: str, obj: Any, type_: type[Any]) -> Any:

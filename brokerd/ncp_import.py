@@ -321,7 +321,7 @@ class ImportItem:
 
     def _registration(self, discovery: oauth.Discovery) -> oauth.Registration:
         c = self.client
-        method = c.token_endpoint_auth_method
+        method: oauth.AuthMethod | None = c.token_endpoint_auth_method
         if method is None:
             # The broker's own choice for a client whose method is not recorded (R1): no effects, no I/O.
             chosen = oauth.run_sync(

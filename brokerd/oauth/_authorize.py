@@ -20,11 +20,18 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from brokerd.oauth._discovery import Discovery
 from brokerd.oauth._effects import Entropy, Flow, await_redirect
-from brokerd.oauth._errors import AuthorizationDeniedError, CallbackError, PolicyError, TransientError
+from brokerd.oauth._errors import (
+    AuthorizationDeniedError,
+    CallbackError,
+    DiscoveryError,
+    PolicyError,
+    TransientError,
+)
 from brokerd.oauth._pkce import make_pkce, random_string, require_s256
 from brokerd.oauth._registration import Registration
+from brokerd.oauth._sender import Sender, token_request
 from brokerd.oauth._text import error_code, untrusted
-from brokerd.oauth._tokens import TokenSet, parse_token_response, token_request
+from brokerd.oauth._tokens import TokenSet, parse_token_response
 from brokerd.oauth._urls import UrlPolicy, check_redirect_uri
 from brokerd.secret import Secret
 
@@ -43,16 +50,20 @@ def authorization_code_flow(
     redirect_uri: str,
     scopes: Sequence[str] | None,
     entropy: Entropy,
+    sender: Sender | None = None,
 ) -> Flow[TokenSet]:
     """Log in with the authorization-code grant and PKCE S256.
 
     Yields one :class:`AwaitRedirect` (answer: the callback's query parameters) and then one
-    :class:`Fetch` for the code exchange. ``scopes`` usually comes from :func:`select_scopes` or
-    :func:`step_up_scopes`; None omits ``scope``. ``redirect_uri`` must be a loopback URI (A6).
+    :class:`Fetch` for the code exchange (two when a DPoP nonce is demanded). ``scopes`` usually comes
+    from :func:`select_scopes` or :func:`step_up_scopes`; None omits ``scope``. ``redirect_uri`` must be a
+    loopback URI (A6). ``sender`` adds a ``private_key_jwt`` assertion and a DPoP proof to the code
+    exchange (E1, E3), made at the time the driver gives for a ``Sleep(0)`` just before it.
 
     Raises:
         PolicyError: no S256 (A1), the registration is for another issuer (D7), the authorization URL or
             token endpoint is refused (A7, S1, S2), the redirect URI is not loopback (A6).
+        DiscoveryError: the authorization server has no authorization endpoint.
         CallbackError: the callback was discarded (A4, A5) or has no code.
         AuthorizationDeniedError: the callback carries an ``error`` (e.g. ``access_denied``).
         TransientError: the callback says ``temporarily_unavailable``/``server_error``, or the token
@@ -63,6 +74,12 @@ def authorization_code_flow(
         raise PolicyError(
             f"the client registration belongs to {registration.issuer}, not to {discovery.issuer};"
             " register with this authorization server first"
+        )
+    if discovery.authorization_endpoint is None:
+        raise DiscoveryError(
+            f"the authorization server {discovery.issuer} has no authorization endpoint: it does not offer"
+            " logins with a browser",
+            hint='use a grant it offers (auth.oauth21.grant "client_credentials" or "jwt_bearer")',
         )
     require_s256(discovery)
     check_redirect_uri(redirect_uri)
@@ -78,7 +95,9 @@ def authorization_code_flow(
     ]
     if scopes:
         params.append(("scope", " ".join(scopes)))
-    params.append(("resource", discovery.resource))
+    resource = discovery.resource_indicator
+    if resource is not None:
+        params.append(("resource", resource))
     url = policy.check(_with_query(discovery.authorization_endpoint, params), what="the authorization URL")
     callback = yield from await_redirect(url, state, redirect_uri)
     code = _check_callback(callback, state=state, discovery=discovery)
@@ -87,16 +106,17 @@ def authorization_code_flow(
         ("code", code.reveal()),
         ("redirect_uri", redirect_uri),
         ("code_verifier", pkce.verifier.reveal()),
-        ("resource", discovery.resource),
     ]
-    result = yield from token_request(discovery.token_endpoint, form, registration, policy)
+    if resource is not None:
+        form.append(("resource", resource))
+    reply = yield from token_request(discovery.token_endpoint, form, registration, policy, sender)
     return parse_token_response(
-        result,
+        reply,
         what="the code exchange",
         secrets=(code, pkce.verifier, registration.client_secret),
         registration=registration,
         token_endpoint=discovery.token_endpoint,
-        resource=discovery.resource,
+        resource=resource,
         revocation_endpoint=discovery.revocation_endpoint,
         requested_scopes=scopes,
     )

@@ -16,7 +16,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-__all__ = ["Challenge", "bearer_challenge", "parse_www_authenticate"]
+__all__ = ["Challenge", "bearer_challenge", "parse_www_authenticate", "resource_challenge"]
 
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _TOKEN68 = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
@@ -80,6 +80,16 @@ def parse_www_authenticate(values: str | Iterable[str]) -> tuple[Challenge, ...]
 def bearer_challenge(values: str | Iterable[str]) -> Challenge | None:
     """The first ``Bearer`` challenge in the header value(s), or None."""
     return next((c for c in parse_www_authenticate(values) if c.is_bearer), None)
+
+
+def resource_challenge(values: str | Iterable[str]) -> Challenge | None:
+    """The challenge that tells how to authorize: the first ``Bearer`` one, else the first ``DPoP`` one
+    (RFC 9449 §7.1; a server that takes only DPoP-bound tokens challenges with ``DPoP resource_metadata=…``).
+    None when there is neither."""
+    challenges = parse_www_authenticate(values)
+    return next((c for c in challenges if c.is_bearer), None) or next(
+        (c for c in challenges if c.scheme.lower() == "dpop"), None
+    )
 
 
 class _Building:

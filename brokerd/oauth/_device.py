@@ -18,8 +18,9 @@ from brokerd.oauth._effects import Effect, Flow, HttpResponse, ShowDeviceCode, f
 from brokerd.oauth._errors import AuthorizationDeniedError, PeerError, PolicyError
 from brokerd.oauth._http import decode, error_fields, is_transient, post_form
 from brokerd.oauth._registration import Registration, client_auth
+from brokerd.oauth._sender import Sender, token_request
 from brokerd.oauth._text import untrusted
-from brokerd.oauth._tokens import TokenSet, parse_token_response, token_error, token_request
+from brokerd.oauth._tokens import TokenSet, parse_token_response, token_error
 from brokerd.oauth._urls import UrlPolicy
 from brokerd.secret import Secret
 
@@ -47,9 +48,11 @@ def device_flow(
     *,
     policy: UrlPolicy,
     scopes: Sequence[str] | None,
+    sender: Sender | None = None,
 ) -> Flow[TokenSet]:
     """Log in with the device authorization grant (A8). Call only when
-    ``discovery.device_authorization_endpoint`` is set (else ValueError).
+    ``discovery.device_authorization_endpoint`` is set (else ValueError). ``sender`` adds a fresh DPoP
+    proof to each token poll (E3).
 
     Yields a :class:`Fetch` (device authorization), one :class:`ShowDeviceCode`, then :class:`Sleep` and
     :class:`Fetch` (token poll) in turn.
@@ -69,16 +72,16 @@ def device_flow(
     started = yield from _start(discovery, registration, policy=policy, scopes=scopes)
     device_code, show, interval = started
     yield from show_device_code(show)
-    poll = [
-        ("grant_type", _DEVICE_GRANT),
-        ("device_code", device_code.reveal()),
-        ("resource", discovery.resource),
-    ]
+    resource = discovery.resource_indicator
+    poll = [("grant_type", _DEVICE_GRANT), ("device_code", device_code.reveal())]
+    if resource is not None:
+        poll.append(("resource", resource))
     while True:
         now = yield from sleep(interval)
         if now >= show.expires_at:
             raise _expired()
-        result = yield from token_request(discovery.token_endpoint, poll, registration, policy)
+        reply = yield from token_request(discovery.token_endpoint, poll, registration, policy, sender)
+        result = reply.result
         if is_transient(result):
             continue
         assert isinstance(result, HttpResponse)
@@ -94,14 +97,15 @@ def device_flow(
             if code == "expired_token":
                 raise _expired()
         return parse_token_response(
-            result,
+            reply,
             what="the device token request",
             secrets=(device_code, registration.client_secret),
             registration=registration,
             token_endpoint=discovery.token_endpoint,
-            resource=discovery.resource,
+            resource=resource,
             revocation_endpoint=discovery.revocation_endpoint,
             requested_scopes=scopes,
+            grant_type=_DEVICE_GRANT,
         )
 
 
@@ -123,7 +127,8 @@ def _start(
     form = [*auth_form]
     if scopes:
         form.append(("scope", " ".join(scopes)))
-    form.append(("resource", discovery.resource))
+    if discovery.resource_indicator is not None:
+        form.append(("resource", discovery.resource_indicator))
     result = yield from fetch(post_form(endpoint, form, headers))
     if not isinstance(result, HttpResponse) or result.status != 200:
         raise token_error(

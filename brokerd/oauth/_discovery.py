@@ -7,8 +7,16 @@
 2. Each of its ``authorization_servers`` in order, the first that works (D7): metadata at the RFC 8414 /
    OpenID URLs for that issuer (D4), used only when its ``issuer`` is exactly the issuer asked for (D5),
    with every endpoint passing the URL policy.
+   Neither the 401 nor the well-known URLs give one: the server card ``/.well-known/mcp.json`` at the
+   server's origin may name it in ``authorization.resource_metadata_url`` (D8); that document's ``resource``
+   must then be exactly the server URL.
 3. No protected-resource metadata at all (a 2025-03-26 server, D6): authorization-server metadata at the
    MCP server's origin; if there is none, ``/authorize``, ``/token`` and ``/register`` at the origin.
+
+An authorization server's metadata may omit ``authorization_endpoint`` only when its
+``grant_types_supported`` leaves out ``authorization_code`` (RFC 8414 §2): a machine-to-machine server for
+client credentials or jwt-bearer. The DPoP metadata of both documents (RFC 9449 §5.1, RFC 9728 §2) is kept
+for :func:`~brokerd.oauth.wants_dpop`.
 
 A transient failure (network, 408, 429, 5xx) never leads to a fallback: it is raised as
 :class:`TransientError`, so an outage is not mistaken for a legacy server.
@@ -29,13 +37,26 @@ from brokerd.oauth._http import Found, Missing, get_document
 from brokerd.oauth._text import shown_url, untrusted
 from brokerd.oauth._urls import UrlPolicy, as_metadata_urls, canonical_resource, origin, prm_urls
 
-__all__ = ["Discovery", "discover"]
+__all__ = ["Discovery", "discover", "discover_issuer"]
+
+
+WELL_KNOWN_SERVER_CARD = "/.well-known/mcp.json"
 
 
 class _ResourceMetadata(msgspec.Struct):
     resource: str
     authorization_servers: list[str] | None = None
     scopes_supported: list[str] | None = None
+    dpop_signing_alg_values_supported: list[str] | None = None
+    dpop_bound_access_tokens_required: bool | None = None
+
+
+class _CardAuthorization(msgspec.Struct):
+    resource_metadata_url: str | None = None
+
+
+class _ServerCard(msgspec.Struct):
+    authorization: _CardAuthorization | None = None
 
 
 class _ServerMetadata(msgspec.Struct):
@@ -51,6 +72,11 @@ class _ServerMetadata(msgspec.Struct):
     grant_types_supported: list[str] | None = None
     authorization_response_iss_parameter_supported: bool | None = None
     client_id_metadata_document_supported: bool | None = None
+    dpop_signing_alg_values_supported: list[str] | None = None
+    token_endpoint_auth_signing_alg_values_supported: list[str] | None = None
+
+
+Source = Literal["protected_resource", "server_card", "legacy_metadata", "legacy_defaults", "issuer"]
 
 
 class Discovery(msgspec.Struct, frozen=True, kw_only=True):
@@ -59,14 +85,17 @@ class Discovery(msgspec.Struct, frozen=True, kw_only=True):
     ``resource`` is the value to send as RFC 8707 ``resource`` (A3): the metadata's ``resource`` verbatim,
     or the canonical server URL when there is no protected-resource metadata. Everything else that depends
     on the authorization server is keyed by ``issuer`` (D7). ``source`` says how it was found:
-    ``protected_resource`` (RFC 9728), ``legacy_metadata`` (D6, metadata at the MCP origin) or
-    ``legacy_defaults`` (D6, no metadata: default endpoint paths). Serialisable with msgspec.
+    ``protected_resource`` (RFC 9728), ``server_card`` (D8: RFC 9728 metadata named by the server card),
+    ``legacy_metadata`` (D6, metadata at the MCP origin) or ``legacy_defaults`` (D6, no metadata: default
+    endpoint paths), or ``issuer`` (:func:`discover_issuer`: an authorization server in its own right, such
+    as an enterprise IdP, with no MCP server and so no resource). ``authorization_endpoint`` is None only
+    for a server without the authorization-code grant. Serialisable with msgspec.
     """
 
     server_url: str
     resource: str
     issuer: str
-    authorization_endpoint: str
+    authorization_endpoint: str | None
     token_endpoint: str
     registration_endpoint: str | None = None
     revocation_endpoint: str | None = None
@@ -81,7 +110,17 @@ class Discovery(msgspec.Struct, frozen=True, kw_only=True):
     resource_scopes_supported: tuple[str, ...] | None = None
     challenge_scope: tuple[str, ...] | None = None
     authorization_servers: tuple[str, ...] = ()
-    source: Literal["protected_resource", "legacy_metadata", "legacy_defaults"] = "protected_resource"
+    source: Source = "protected_resource"
+    dpop_signing_alg_values_supported: tuple[str, ...] | None = None
+    token_endpoint_auth_signing_alg_values_supported: tuple[str, ...] | None = None
+    resource_dpop_signing_alg_values_supported: tuple[str, ...] | None = None
+    resource_dpop_bound_access_tokens_required: bool = False
+
+    @property
+    def resource_indicator(self) -> str | None:
+        """The RFC 8707 ``resource`` to send to this authorization server: :attr:`resource`, or None for
+        an issuer found by :func:`discover_issuer` (an IdP login asks for no resource)."""
+        return None if self.source == "issuer" else self.resource
 
 
 def discover(server_url: str, *, policy: UrlPolicy, challenge: Challenge | None = None) -> Flow[Discovery]:
@@ -100,7 +139,7 @@ def discover(server_url: str, *, policy: UrlPolicy, challenge: Challenge | None 
     challenge_scope = challenge.scope if challenge is not None else None
     if found is None:
         return (yield from _legacy(server_url, policy, challenge_scope))
-    prm, prm_url = found
+    prm, prm_url, source = found
     if not prm.authorization_servers:
         raise DiscoveryError(f"the protected resource metadata at {prm_url} names no authorization server")
     errors: list[OAuthError] = []
@@ -118,17 +157,44 @@ def discover(server_url: str, *, policy: UrlPolicy, challenge: Challenge | None 
                 resource_scopes=prm.scopes_supported,
                 challenge_scope=challenge_scope,
                 authorization_servers=tuple(prm.authorization_servers),
-                source="protected_resource",
+                source=source,
+                prm=prm,
             )
         except (DiscoveryError, PolicyError, TransientError) as exc:
             errors.append(exc)
     raise next((e for e in errors if isinstance(e, TransientError)), errors[0])
 
 
+def discover_issuer(issuer: str, *, policy: UrlPolicy) -> Flow[Discovery]:
+    """The metadata of the authorization server ``issuer`` itself (D4, D5), for logging in there without an
+    MCP server in front: an enterprise IdP (E2). ``source`` is ``issuer`` and ``resource`` the issuer,
+    never sent (:attr:`Discovery.resource_indicator`).
+
+    Raises:
+        DiscoveryError: no metadata at the issuer's well-known URLs, or metadata of another issuer (D5).
+        PolicyError, TransientError: as for :func:`discover`.
+    """
+    meta = yield from _server_metadata(issuer, policy)
+    if meta is None:
+        raise DiscoveryError(f"no authorization server metadata found for issuer {untrusted(issuer)}")
+    return _discovery(
+        issuer,
+        meta,
+        policy,
+        resource=issuer,
+        resource_metadata_url=None,
+        resource_scopes=None,
+        challenge_scope=None,
+        authorization_servers=(),
+        source="issuer",
+    )
+
+
 def _resource_metadata(
     server_url: str, policy: UrlPolicy, challenge: Challenge | None
-) -> Generator[Effect, object, tuple[_ResourceMetadata, str] | None]:
-    """The validated protected-resource metadata and its URL; None when there is none (a legacy server)."""
+) -> Generator[Effect, object, tuple[_ResourceMetadata, str, Source] | None]:
+    """The validated protected-resource metadata, its URL and how it was found; None when there is none
+    (a legacy server)."""
     named = challenge.resource_metadata if challenge is not None else None
     candidates: list[tuple[str, tuple[str, ...]]]
     if named is not None:
@@ -146,14 +212,40 @@ def _resource_metadata(
         elif isinstance(outcome, Missing):
             reasons.append(outcome.reason)
         else:
-            return _check_resource(outcome, accepted), url
+            return _check_resource(outcome, accepted), url, "protected_resource"
     if transient is not None:
         raise transient
     if named is not None:
         raise DiscoveryError(
             f"the protected resource metadata named by the server could not be used: {'; '.join(reasons)}"
         )
-    return None
+    return (yield from _from_server_card(server_url, policy))
+
+
+def _from_server_card(
+    server_url: str, policy: UrlPolicy
+) -> Generator[Effect, object, tuple[_ResourceMetadata, str, Source] | None]:
+    """D8: the protected-resource metadata that the server card at the origin names, validated as D3
+    wants; None when there is no card or it names none."""
+    card_url = origin(server_url) + WELL_KNOWN_SERVER_CARD
+    card = yield from get_document(card_url, _ServerCard, policy, "the MCP server card")
+    if isinstance(card, TransientError):
+        raise card
+    if isinstance(card, Missing) or card.document.authorization is None:
+        return None
+    named = card.document.authorization.resource_metadata_url
+    if not named:
+        return None
+    url = urljoin(card.url, named)
+    outcome = yield from get_document(url, _ResourceMetadata, policy, "the protected resource metadata URL")
+    if isinstance(outcome, TransientError):
+        raise outcome
+    if isinstance(outcome, Missing):
+        raise DiscoveryError(
+            f"the protected resource metadata named by the server card at {shown_url(card.url)} could not"
+            f" be used: {outcome.reason}"
+        )
+    return _check_resource(outcome, (server_url,)), outcome.url, "server_card"
 
 
 def _check_resource(found: Found[_ResourceMetadata], accepted: tuple[str, ...]) -> _ResourceMetadata:
@@ -248,14 +340,16 @@ def _discovery(
     resource_scopes: list[str] | None,
     challenge_scope: tuple[str, ...] | None,
     authorization_servers: tuple[str, ...],
-    source: Literal["protected_resource", "legacy_metadata", "legacy_defaults"],
+    source: Source,
+    prm: _ResourceMetadata | None = None,
 ) -> Discovery:
-    if not meta.authorization_endpoint or not meta.token_endpoint:
+    code_grant = meta.grant_types_supported is None or "authorization_code" in meta.grant_types_supported
+    if not meta.token_endpoint or (code_grant and not meta.authorization_endpoint):
         raise DiscoveryError(
             f"the authorization server {untrusted(meta.issuer)} lists no authorization or token endpoint"
         )
     endpoints = {
-        "authorization_endpoint": meta.authorization_endpoint,
+        "authorization_endpoint": meta.authorization_endpoint or None,
         "token_endpoint": meta.token_endpoint,
         "registration_endpoint": meta.registration_endpoint,
         "revocation_endpoint": meta.revocation_endpoint,
@@ -268,7 +362,7 @@ def _discovery(
         server_url=server_url,
         resource=resource,
         issuer=meta.issuer,
-        authorization_endpoint=meta.authorization_endpoint,
+        authorization_endpoint=meta.authorization_endpoint or None,
         token_endpoint=meta.token_endpoint,
         registration_endpoint=meta.registration_endpoint,
         revocation_endpoint=meta.revocation_endpoint,
@@ -286,6 +380,14 @@ def _discovery(
         challenge_scope=challenge_scope,
         authorization_servers=authorization_servers,
         source=source,
+        dpop_signing_alg_values_supported=_tuple(meta.dpop_signing_alg_values_supported),
+        token_endpoint_auth_signing_alg_values_supported=_tuple(
+            meta.token_endpoint_auth_signing_alg_values_supported
+        ),
+        resource_dpop_signing_alg_values_supported=_tuple(
+            prm.dpop_signing_alg_values_supported if prm is not None else None
+        ),
+        resource_dpop_bound_access_tokens_required=bool(prm and prm.dpop_bound_access_tokens_required),
     )
 
 

@@ -1,15 +1,18 @@
 """Client registration, in priority order (R1-R4), and client authentication at the token endpoint.
 
-1. R1 pre-registered: ``clientId`` (and ``clientSecret``) from the config; the authentication method is the
-   first of ``client_secret_basic``, ``client_secret_post`` that the server supports when there is a
-   secret, else ``none``.
+1. R1 pre-registered: ``clientId`` (and ``clientSecret`` or a private key) from the config; the
+   authentication method is the configured one, else ``private_key_jwt`` with a key, else the first of
+   ``client_secret_basic``, ``client_secret_post`` that the server supports when there is a secret, else
+   ``none``.
 2. R2 client ID metadata document: when the server advertises ``client_id_metadata_document_supported``
    and a ``clientMetadataUrl`` (https, with a path) is configured, that URL is the client ID.
 3. R3 dynamic registration (RFC 7591) at ``registration_endpoint``: a native public client with loopback
    redirect URIs and the ``refresh_token`` grant.
 4. R4 none of these: :class:`RegistrationError` telling the user to configure ``clientId``.
 
-A :class:`Registration` belongs to one issuer (D7): never use it with another.
+A :class:`Registration` belongs to one issuer (D7): never use it with another. ``private_key_jwt``
+(RFC 7523 §2.2, E1) sends a client assertion instead of a secret; the core builds it
+(:func:`~brokerd.oauth.client_assertion`) from a signing callable, so the private key never enters it.
 """
 
 from __future__ import annotations
@@ -31,9 +34,11 @@ from brokerd.secret import Secret
 
 __all__ = ["Registration", "client_auth", "client_metadata_document", "register"]
 
-AuthMethod = Literal["none", "client_secret_basic", "client_secret_post"]
+AuthMethod = Literal["none", "client_secret_basic", "client_secret_post", "private_key_jwt"]
 _PUBLIC: AuthMethod = "none"
 _SECRET_METHODS: tuple[AuthMethod, ...] = ("client_secret_basic", "client_secret_post")
+_KEY_METHOD: AuthMethod = "private_key_jwt"
+CLIENT_ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 _DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 _GRANTS = ("authorization_code", "refresh_token")
 _CONFIGURE_HINT = (
@@ -86,27 +91,32 @@ def register(
     client_metadata_url: str | None = None,
     client_name: str = "ncp-broker",
     scopes: Sequence[str] | None = None,
+    auth_method: AuthMethod | None = None,
+    private_key: bool = False,
 ) -> Flow[Registration]:
     """Get a client registration at ``discovery.issuer`` (R1-R4).
 
     ``redirect_uris`` are the loopback callback URIs (A6). ``client_id``, ``client_secret`` and
     ``client_metadata_url`` come from the config (``auth.oauth21``). ``scopes`` is sent as the
-    registration's ``scope`` in R3 when given. Yields one :class:`Fetch` for R3, none otherwise.
+    registration's ``scope`` in R3 when given. ``auth_method`` is a configured
+    ``tokenEndpointAuthMethod``; ``private_key`` says a private key is configured for ``private_key_jwt``
+    (both only with ``client_id``). Yields one :class:`Fetch` for R3, none otherwise.
 
     Raises:
         RegistrationError: R3 refused (the server's error and description in the message) or R4.
-        PolicyError: a redirect URI off loopback, a registration endpoint the policy refuses, a secret with
-            no authentication method the server supports.
+        PolicyError: a redirect URI off loopback, a registration endpoint the policy refuses, a secret or
+            key with no authentication method the server supports, a configured method the server does
+            not list or without the secret or key it needs.
         PeerError: the registration response is unusable.
         TransientError: the registration endpoint could not be reached or answered 408/429/5xx.
     """
     uris = tuple(check_redirect_uri(uri) for uri in redirect_uris)
     if client_id is not None:
-        method = _preregistered_method(discovery, client_secret)
+        method = _preregistered_method(discovery, client_secret, auth_method, private_key)
         return Registration(
             issuer=discovery.issuer,
             client_id=client_id,
-            client_secret=client_secret if method != "none" else None,
+            client_secret=client_secret if method in _SECRET_METHODS else None,
             token_endpoint_auth_method=method,
             source="preregistered",
             redirect_uris=uris,
@@ -138,11 +148,31 @@ def register(
     )
 
 
-def _preregistered_method(discovery: Discovery, secret: Secret | None) -> AuthMethod:
+def _preregistered_method(
+    discovery: Discovery, secret: Secret | None, configured: AuthMethod | None, private_key: bool
+) -> AuthMethod:
+    listed = discovery.token_endpoint_auth_methods_supported
+    if configured is not None or private_key:
+        method = configured or _KEY_METHOD
+        missing = None
+        if method == _KEY_METHOD and not private_key:
+            missing = "a private key (auth.oauth21.privateKey)"
+        elif method in _SECRET_METHODS and not secret:
+            missing = "a client secret (auth.oauth21.clientSecret)"
+        if missing is not None:
+            raise PolicyError(f"client authentication {method} needs {missing}, and none is configured")
+        # A server that lists no methods is given the benefit of the doubt for what was configured.
+        if listed is not None and method not in listed:
+            raise PolicyError(
+                f"the authorization server {discovery.issuer} does not accept {method} client"
+                f" authentication (it lists {untrusted(', '.join(listed), limit=120) or 'none'})",
+                hint="set auth.oauth21.tokenEndpointAuthMethod to one it lists (with its secret or key)",
+            )
+        return method
     if not secret:
         return "none"
     # RFC 8414 §2: when the list is absent, client_secret_basic is the default.
-    supported = discovery.token_endpoint_auth_methods_supported or ("client_secret_basic",)
+    supported = listed or ("client_secret_basic",)
     for method in _SECRET_METHODS:
         if method in supported:
             return method
@@ -243,20 +273,31 @@ def _refused(discovery: Discovery, result: HttpResponse) -> RegistrationError:
 
 
 def client_auth(
-    registration: Registration,
+    registration: Registration, *, assertion: Secret | None = None
 ) -> tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]]:
     """Client authentication for a token, device or revocation request: (headers, form parameters).
 
     ``client_secret_basic``: an ``authorization: Basic`` header of the form-urlencoded id and secret
-    (RFC 6749 §2.3.1). ``client_secret_post``: ``client_id`` and ``client_secret`` in the form. ``none``:
-    ``client_id`` in the form.
+    (RFC 6749 §2.3.1). ``client_secret_post``: ``client_id`` and ``client_secret`` in the form.
+    ``private_key_jwt``: ``client_assertion_type`` and ``client_assertion`` = ``assertion`` (a fresh one per
+    request, from :func:`~brokerd.oauth.client_assertion`); no ``client_id``, the assertion's ``sub`` names
+    the client (RFC 7523 §3). ``none``: ``client_id`` in the form, nothing at all for a registration
+    without a client ID (a workload presenting only its own JWT, E4).
 
     Raises:
-        PolicyError: the method needs a secret and the registration has none.
+        PolicyError: the method needs a secret or an assertion and none is given.
     """
     method = registration.token_endpoint_auth_method
     if method == "none":
-        return (), (("client_id", registration.client_id),)
+        return (), ((("client_id", registration.client_id),) if registration.client_id else ())
+    if method == _KEY_METHOD:
+        if assertion is None:
+            raise PolicyError(
+                "the client registration uses private_key_jwt but no signing key was given",
+                hint="set auth.oauth21.privateKey to the client's private key",
+            )
+        form = (("client_assertion_type", CLIENT_ASSERTION_TYPE), ("client_assertion", assertion.reveal()))
+        return (), form
     secret = registration.client_secret
     if secret is None:
         raise PolicyError(

@@ -16,6 +16,7 @@ from brokerd.oauth._effects import Flow, HttpResponse, fetch
 from brokerd.oauth._errors import PolicyError
 from brokerd.oauth._http import describe, error_fields, is_transient, post_form, transient_error
 from brokerd.oauth._registration import Registration, client_auth
+from brokerd.oauth._sender import Sender, assertion_for, current_time, signs
 from brokerd.oauth._tokens import TokenSet, check_owner
 from brokerd.oauth._urls import UrlPolicy
 from brokerd.secret import Secret
@@ -36,11 +37,12 @@ class RevocationOutcome(msgspec.Struct, frozen=True):
 
 
 def revoke(
-    tokens: TokenSet, registration: Registration, *, policy: UrlPolicy
+    tokens: TokenSet, registration: Registration, *, policy: UrlPolicy, sender: Sender | None = None
 ) -> Flow[tuple[RevocationOutcome, ...]]:
     """Revoke the refresh token, then the access token, at ``tokens.revocation_endpoint`` (T6).
 
     Yields one :class:`Fetch` per token (none without an endpoint). Returns one outcome per token.
+    ``sender`` carries the client key of a ``private_key_jwt`` client: each request gets its own assertion.
 
     Raises:
         PolicyError: ``registration`` is not the client the tokens were issued to (D7, T2).
@@ -58,10 +60,15 @@ def revoke(
         policy.check(endpoint, what="the revocation endpoint")
     except PolicyError as exc:
         return tuple(RevocationOutcome(hint, "refused", exc.message) for hint, _ in pending)
-    headers, auth_form = client_auth(registration)
     secrets = (tokens.refresh_token, tokens.access_token, registration.client_secret)
     outcomes = []
     for hint, token in pending:
+        now = (yield from current_time()) if signs(registration, sender) else 0.0
+        try:
+            headers, auth_form = client_auth(registration, assertion=assertion_for(registration, sender, now))
+        except PolicyError as exc:
+            outcomes.append(RevocationOutcome(hint, "refused", exc.message))
+            continue
         form = [("token", token.reveal()), ("token_type_hint", hint), *auth_form]
         result = yield from fetch(post_form(endpoint, form, headers))
         if is_transient(result):

@@ -27,10 +27,28 @@ from brokerd.oauth._effects import (
     Sleep,
     TransportFailure,
 )
+from brokerd.oauth._jose import JwsSigner
 
-__all__ = ["Answer", "FakeDriver", "counter_entropy", "json_response"]
+__all__ = [
+    "EXAMPLE_EC_JKT",
+    "EXAMPLE_EC_JWK",
+    "Answer",
+    "FakeDriver",
+    "counter_entropy",
+    "fake_signer",
+    "json_response",
+]
 
 Answer = HttpResponse | TransportFailure
+
+#: RFC 9449 §4.1's example public key; RFC 9449 §6.1 gives its thumbprint, :data:`EXAMPLE_EC_JKT`.
+EXAMPLE_EC_JWK = {
+    "kty": "EC",
+    "x": "l8tFrhx-34tV3hRICRDY9zCkDlpBhF42UQUfWVAWBFs",
+    "y": "9VE4jf_Ok_o64zbTTlcuNJajHmt6v9TDVrU0CdvGRDA",
+    "crv": "P-256",
+}
+EXAMPLE_EC_JKT = "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I"
 
 
 def json_response(status: int, document: object, headers: Iterable[tuple[str, str]] = ()) -> HttpResponse:
@@ -52,6 +70,13 @@ def counter_entropy(seed: bytes = b"test") -> Entropy:
         return out[:n]
 
     return entropy
+
+
+def fake_signer(alg: str = "ES256", public_jwk: Mapping[str, str] | None = None) -> JwsSigner:
+    """A :class:`JwsSigner` whose "signature" is the SHA-256 of the signing input, with
+    :data:`EXAMPLE_EC_JWK` as its public key: for tests of how JWTs are composed, not of cryptography."""
+    jwk = EXAMPLE_EC_JWK if public_jwk is None else public_jwk
+    return JwsSigner(alg, lambda data: hashlib.sha256(data).digest(), jwk)
 
 
 class FakeDriver:

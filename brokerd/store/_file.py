@@ -41,7 +41,7 @@ from brokerd.store.records import DOCUMENT_VERSION, RefreshSent, ServerRecord
 __all__ = ["FileStore"]
 
 _DOC_NAME = re.compile(r"^[0-9a-f]{32}\.json$")
-_TOKEN_SECRETS = ("access_token", "refresh_token")
+_TOKEN_SECRETS = ("access_token", "refresh_token", "id_token")
 _REGISTRATION_SECRETS = ("client_secret", "registration_access_token")
 
 

@@ -12,7 +12,10 @@
 // $NCP_TEST_SECRETS_DIR is set, every credential it issues (and every PKCE verifier it is shown) is appended to
 // a private file there, for the test session's secret scan (tests/secret_scan.py).
 
-import { randomBytes, generateKeyPairSync } from 'node:crypto';
+import {
+  createPrivateKey, createPublicKey, generateKeyPairSync, randomBytes, randomUUID, sign as cryptoSign,
+  verify as cryptoVerify,
+} from 'node:crypto';
 import { createServer } from 'node:http';
 import { appendFileSync, existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -22,6 +25,10 @@ import Provider, { errors } from 'oidc-provider';
 const HOST = '127.0.0.1';
 const ADMIN_PREFIX = '/__admin/';
 const DEVICE_GRANT = 'urn:ietf:params:oauth:grant-type:device_code';
+const JWT_BEARER = 'urn:ietf:params:oauth:grant-type:jwt-bearer';
+const TOKEN_EXCHANGE = 'urn:ietf:params:oauth:grant-type:token-exchange';
+const ID_TOKEN_TYPE = 'urn:ietf:params:oauth:token-type:id_token';
+const ID_JAG_TYPE = 'urn:ietf:params:oauth:token-type:id-jag';
 
 // ---------------------------------------------------------------------------------------------------------
 // Configuration
@@ -47,6 +54,13 @@ function loadConfig() {
     clients: [],
     state_dir: null,
     parent_pid: null,  // exit when this process is gone (the test runner), so no server outlives a killed run
+    // Grants and DPoP beyond the defaults (see "Extensions" below): the client-credentials grant, DPoP
+    // "on" (oidc-provider's default) | "off" | "nonce" (a nonce is demanded), trusted jwt-bearer issuers,
+    // and the IdP side of enterprise-managed authorization (token exchange for ID-JAGs).
+    client_credentials: false,
+    dpop: 'on',
+    jwt_bearer: null,      // {issuers: [{issuer, jwks: {keys: [...]}}]}
+    token_exchange: null,  // {client_id, client_ids: {<audience issuer>: <client_id there>}}: the ID-JAG's client_id
     ...given,
   };
   config.resources = config.resources.map((r) => (typeof r === 'string' ? { url: r } : r));
@@ -104,6 +118,8 @@ function record(name, detail = {}) {
 
 function shortGrantType(grantType) {
   if (grantType === DEVICE_GRANT) return 'device_code';
+  if (grantType === JWT_BEARER) return 'jwt_bearer';
+  if (grantType === TOKEN_EXCHANGE) return 'token_exchange';
   return grantType || 'missing';
 }
 
@@ -311,6 +327,7 @@ function buildProvider(issuer, secrets) {
       revocation: { enabled: true },
       introspection: { enabled: true },
       deviceFlow: { enabled: true },
+      ...extensionFeatures(),
       resourceIndicators: {
         enabled: true,
         defaultResource: async (_ctx, _client, oneOf) => oneOf ?? config.default_resource ?? undefined,
@@ -373,6 +390,156 @@ function attachEvents(provider) {
         path: ctx?.path,
       });
     });
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Extensions (issue 11): what oidc-provider offers natively behind a switch (client credentials, DPoP with
+// nonces), and two grants it lacks, added with provider.registerGrantType:
+//
+// * jwt-bearer (RFC 7523 §2.1): the assertion must be a JWS from an issuer in `jwt_bearer.issuers`, verified
+//   with that issuer's JWKS, with aud = this issuer (or its token endpoint), exp in the future and a sub. An
+//   ID-JAG (header typ oauth-id-jag+jwt) must also name the authenticated client in client_id and the
+//   requested resource in resource (SEP-990 §5.1). The access token is a JWT for the resource, sub = the
+//   assertion's sub. (DPoP is not offered for this grant here: oidc-provider keeps its proof checks private.)
+// * token exchange (RFC 8693) for an ID-JAG (SEP-990 §4), when `token_exchange` is set: subject_token must be
+//   an ID token this server issued to the authenticated client; the ID-JAG is signed with this server's key,
+//   aud = the requested audience, client_id = token_exchange.client_ids[audience] (else .client_id).
+
+function extensionFeatures() {
+  return {
+    clientCredentials: { enabled: Boolean(config.client_credentials) },
+    dPoP: dpopFeature(config.dpop),
+  };
+}
+
+function dpopFeature(mode) {
+  if (mode === 'off') return { enabled: false };
+  if (mode === 'nonce') return { enabled: true, nonceSecret: randomBytes(32), requireNonce: () => true };
+  if (mode !== 'on') throw new Error(`unknown dpop mode ${mode}`);
+  return { enabled: true };
+}
+
+const JWS_ALGS = {
+  ES256: ['sha256', 'ieee-p1363'],
+  ES384: ['sha384', 'ieee-p1363'],
+  ES512: ['sha512', 'ieee-p1363'],
+  RS256: ['sha256', undefined],
+  EdDSA: [null, undefined],
+};
+
+function jsonPart(part) {
+  return JSON.parse(Buffer.from(part, 'base64url').toString('utf8'));
+}
+
+// The payload of a compact JWS that one of `keys` (JWKs) signed; throws with the reason otherwise.
+function verifiedPayload(token, keys) {
+  const parts = typeof token === 'string' ? token.split('.') : [];
+  if (parts.length !== 3) throw new Error('not a compact JWS');
+  const header = jsonPart(parts[0]);
+  const alg = JWS_ALGS[header.alg];
+  if (!alg) throw new Error(`alg ${header.alg} is not accepted`);
+  const candidates = keys.filter((k) => !header.kid || !k.kid || k.kid === header.kid);
+  const input = Buffer.from(`${parts[0]}.${parts[1]}`);
+  const signature = Buffer.from(parts[2], 'base64url');
+  for (const jwk of candidates) {
+    const key = createPublicKey({ key: jwk, format: 'jwk' });
+    if (cryptoVerify(alg[0], input, alg[1] ? { key, dsaEncoding: alg[1] } : key, signature)) {
+      return { header, payload: jsonPart(parts[1]) };
+    }
+  }
+  throw new Error('the signature does not verify');
+}
+
+function checkAssertion(provider, ctx) {
+  const assertion = ctx.oidc.params.assertion;
+  if (!assertion) throw new errors.InvalidRequest('missing assertion');
+  let checked;
+  try {
+    const { iss } = jsonPart(String(assertion).split('.')[1] ?? '');
+    const trusted = (config.jwt_bearer?.issuers ?? []).find((t) => t.issuer === iss);
+    if (!trusted) throw new Error('the assertion issuer is not trusted');
+    checked = verifiedPayload(assertion, trusted.jwks.keys);
+  } catch (err) {
+    throw new errors.InvalidGrant(`assertion refused: ${err.message}`);
+  }
+  const { header, payload } = checked;
+  const now = Math.floor(Date.now() / 1000);
+  const audiences = Array.isArray(payload.aud) ? payload.aud : [payload.aud];
+  const accepted = [provider.issuer, `${provider.issuer}/`, ctx.oidc.urlFor('token')];
+  if (!audiences.some((aud) => accepted.includes(aud))) throw new errors.InvalidGrant('assertion audience is not this server');
+  if (typeof payload.exp !== 'number' || payload.exp + 5 < now) throw new errors.InvalidGrant('assertion expired');
+  if (typeof payload.sub !== 'string' || !payload.sub) throw new errors.InvalidGrant('assertion has no sub');
+  if (header.typ === 'oauth-id-jag+jwt') {
+    if (payload.client_id !== ctx.oidc.client.clientId) throw new errors.InvalidGrant('ID-JAG client_id is not this client');
+    if (payload.resource !== ctx.oidc.params.resource) throw new errors.InvalidGrant('ID-JAG resource mismatch');
+  }
+  return payload;
+}
+
+async function jwtBearerGrant(provider, ctx) {
+  const payload = checkAssertion(provider, ctx);
+  const resource = ctx.oidc.params.resource;
+  if (typeof resource !== 'string') throw new errors.InvalidTarget('resource is required');
+  const info = resourceServerInfo(resource);
+  const allowed = new Set(info.scope.split(' '));
+  const requested = ctx.oidc.params.scope ? ctx.oidc.params.scope.split(' ') : [...allowed];
+  if (requested.some((scope) => !allowed.has(scope))) throw new errors.InvalidScope('scope not allowed for this resource');
+  const token = new provider.AccessToken({
+    accountId: payload.sub, client: ctx.oidc.client, gty: 'jwt_bearer', scope: requested.join(' '),
+  });
+  token.resourceServer = new provider.ResourceServer(resource, info);
+  const value = await token.save();
+  ctx.body = { access_token: value, token_type: 'Bearer', expires_in: token.expiration, scope: requested.join(' ') };
+}
+
+async function tokenExchangeGrant(provider, secrets, ctx) {
+  const { params, client } = ctx.oidc;
+  if (params.requested_token_type !== ID_JAG_TYPE) throw new errors.InvalidRequest('only ID-JAGs are issued');
+  if (params.subject_token_type !== ID_TOKEN_TYPE) throw new errors.InvalidRequest('subject_token must be an ID token');
+  if (!params.audience || !params.resource) throw new errors.InvalidRequest('audience and resource are required');
+  const signing = secrets.jwks.keys[0];
+  let payload;
+  try {
+    ({ payload } = verifiedPayload(params.subject_token, [publicJwk(signing)]));
+  } catch (err) {
+    throw new errors.InvalidGrant(`subject_token refused: ${err.message}`);
+  }
+  const now = Math.floor(Date.now() / 1000);
+  if (payload.iss !== provider.issuer || payload.exp < now) throw new errors.InvalidGrant('the ID token is expired or not ours');
+  if (payload.aud !== client.clientId) throw new errors.InvalidGrant('the ID token was issued to another client');
+  const clientId = config.token_exchange.client_ids?.[params.audience] ?? config.token_exchange.client_id;
+  if (!clientId) throw new errors.InvalidTarget('no client is known at that audience');
+  const claims = {
+    iss: provider.issuer, sub: payload.sub, aud: params.audience, resource: params.resource, client_id: clientId,
+    jti: randomUUID(), iat: now, exp: now + 300, ...(params.scope ? { scope: params.scope } : {}),
+  };
+  const header = { alg: 'RS256', typ: 'oauth-id-jag+jwt', kid: signing.kid };
+  const input = `${Buffer.from(JSON.stringify(header)).toString('base64url')}.${Buffer.from(JSON.stringify(claims)).toString('base64url')}`;
+  const signature = cryptoSign('sha256', Buffer.from(input), createPrivateKey({ key: signing, format: 'jwk' }));
+  ctx.body = {
+    access_token: `${input}.${signature.toString('base64url')}`, issued_token_type: ID_JAG_TYPE, token_type: 'N_A',
+    expires_in: 300,
+  };
+}
+
+function publicJwk(jwk) {
+  const { d, p, q, dp, dq, qi, ...rest } = jwk;  // eslint-disable-line no-unused-vars
+  return rest;
+}
+
+function registerExtensionGrants(provider, secrets) {
+  if (config.jwt_bearer) {
+    provider.registerGrantType(
+      JWT_BEARER, (ctx) => jwtBearerGrant(provider, ctx), ['assertion', 'scope', 'resource'], ['resource'],
+    );
+  }
+  if (config.token_exchange) {
+    provider.registerGrantType(
+      TOKEN_EXCHANGE,
+      (ctx) => tokenExchangeGrant(provider, secrets, ctx),
+      ['subject_token', 'subject_token_type', 'requested_token_type', 'audience', 'resource', 'scope'],
+    );
   }
 }
 
@@ -571,6 +738,7 @@ async function main() {
   const issuer = `http://${HOST}:${port}`;
 
   const provider = buildProvider(issuer, secrets);
+  registerExtensionGrants(provider, secrets);
   attachEvents(provider);
   installMiddleware(provider);
   handler = provider.callback();

@@ -19,6 +19,8 @@ from brokerd.oauth import (
     UrlPolicy,
     bearer_challenge,
     discover,
+    discover_issuer,
+    resource_challenge,
     run_sync,
 )
 from brokerd.oauth.testing import Answer, FakeDriver, json_response
@@ -258,7 +260,13 @@ def test_legacy_default_endpoints() -> None:
         "https://mcp.example.com/register",
     )
     assert discovery.resource == "https://mcp.example.com/api/mcp"
-    assert len(driver.urls) == 4
+    assert driver.urls == [
+        "GET https://mcp.example.com/.well-known/oauth-protected-resource/api/mcp",
+        "GET https://mcp.example.com/.well-known/oauth-protected-resource",
+        "GET https://mcp.example.com/.well-known/mcp.json",  # D8, before giving up on RFC 9728
+        "GET https://mcp.example.com/.well-known/oauth-authorization-server",
+        "GET https://mcp.example.com/.well-known/openid-configuration",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -450,3 +458,168 @@ def test_metadata_without_token_endpoint_is_unusable() -> None:
     doc = json_response(200, {"issuer": AS, "authorization_endpoint": f"{AS}/authorize"})
     with pytest.raises(DiscoveryError, match="no authorization or token endpoint"):
         run({f"GET {PRM_PATH}": prm(), f"GET {AS_OAUTH}": doc})
+
+
+# ---- machine-to-machine servers, DPoP metadata, server cards (E1, E3, D8) -------------------------------
+
+CARD = "https://mcp.example.com/.well-known/mcp.json"
+
+
+@pytest.mark.parametrize(
+    ("grants", "usable"),
+    [(["client_credentials"], True), (["client_credentials", "authorization_code"], False), (None, False)],
+)
+def test_authorization_endpoint_may_be_missing_only_without_the_code_grant(
+    grants: list[str] | None, usable: bool
+) -> None:
+    """E1, RFC 8414 §2: a server whose grants leave out authorization_code needs no authorization endpoint."""
+    doc: dict[str, Any] = {"issuer": AS, "token_endpoint": f"{AS}/token"}
+    if grants is not None:
+        doc["grant_types_supported"] = grants
+    routes: dict[str, Answer | list[Answer]] = {
+        f"GET {PRM_PATH}": prm(),
+        f"GET {AS_OAUTH}": json_response(200, doc),
+    }
+    if usable:
+        discovery, _ = run(routes)
+        assert (discovery.authorization_endpoint, discovery.token_endpoint) == (None, f"{AS}/token")
+    else:
+        with pytest.raises(DiscoveryError, match="no authorization or token endpoint"):
+            run(routes)
+
+
+def test_dpop_metadata_of_both_documents_is_kept() -> None:
+    """E3: dpop_signing_alg_values_supported (AS, RFC 9449 §5.1) and the PRM's DPoP fields (RFC 9728 §2)."""
+    discovery, _ = run(
+        {
+            f"GET {PRM_PATH}": prm(
+                dpop_signing_alg_values_supported=["ES256"], dpop_bound_access_tokens_required=True
+            ),
+            f"GET {AS_OAUTH}": as_meta(
+                dpop_signing_alg_values_supported=["ES256", "EdDSA"],
+                token_endpoint_auth_signing_alg_values_supported=["ES256"],
+            ),
+        }
+    )
+    assert discovery.dpop_signing_alg_values_supported == ("ES256", "EdDSA")
+    assert discovery.token_endpoint_auth_signing_alg_values_supported == ("ES256",)
+    assert discovery.resource_dpop_signing_alg_values_supported == ("ES256",)
+    assert discovery.resource_dpop_bound_access_tokens_required is True
+    assert msgspec.json.decode(msgspec.json.encode(discovery), type=Discovery) == discovery
+
+
+def test_server_card_names_the_resource_metadata() -> None:
+    """D8: no PRM at the well-known URLs → /.well-known/mcp.json → authorization.resource_metadata_url."""
+    named = "https://mcp.example.com/meta/prm.json"
+    card = json_response(200, {"name": "x", "authorization": {"resource_metadata_url": named}})
+    discovery, driver = run({f"GET {CARD}": card, f"GET {named}": prm(), f"GET {AS_OAUTH}": as_meta()})
+    assert driver.urls == [
+        f"GET {PRM_PATH}",
+        f"GET {PRM_ROOT}",
+        f"GET {CARD}",
+        f"GET {named}",
+        f"GET {AS_OAUTH}",
+    ]
+    assert (discovery.source, discovery.resource_metadata_url, discovery.issuer) == ("server_card", named, AS)
+
+
+def test_server_card_with_a_relative_url() -> None:
+    """D8: a relative resource_metadata_url is resolved against the card's URL."""
+    card = json_response(200, {"authorization": {"resource_metadata_url": "/meta/prm.json"}})
+    named = "https://mcp.example.com/meta/prm.json"
+    discovery, _ = run({f"GET {CARD}": card, f"GET {named}": prm(), f"GET {AS_OAUTH}": as_meta()})
+    assert discovery.resource_metadata_url == named
+
+
+@pytest.mark.parametrize(
+    "card",
+    [
+        json_response(404, {}),
+        json_response(200, {"name": "no authorization block"}),
+        json_response(200, {"authorization": {"type": "oauth2"}}),
+        json_response(200, {"authorization": "oauth"}),
+        HttpResponse(200, (("content-type", "text/html"),), b"<html></html>"),
+    ],
+    ids=["missing", "no-authorization", "no-url", "wrong-shape", "html"],
+)
+def test_a_card_that_names_nothing_leads_to_the_legacy_path(card: Answer) -> None:
+    """D8, D6: a missing or silent server card is no metadata; discovery goes on to the legacy fallback."""
+    legacy = "https://mcp.example.com/.well-known/oauth-authorization-server"
+    discovery, driver = run({f"GET {CARD}": card, f"GET {legacy}": as_meta(issuer="https://mcp.example.com")})
+    assert f"GET {CARD}" in driver.urls
+    assert discovery.source == "legacy_metadata"
+
+
+def test_server_card_metadata_must_be_for_this_server() -> None:
+    """D8, D3: the document the card names must have resource == the server URL, exactly."""
+    named = "https://mcp.example.com/meta/prm.json"
+    card = json_response(200, {"authorization": {"resource_metadata_url": named}})
+    with pytest.raises(DiscoveryError, match="refusing to authorize"):
+        run({f"GET {CARD}": card, f"GET {named}": prm(resource="https://evil.example/mcp")})
+
+
+def test_server_card_naming_missing_metadata_stops() -> None:
+    """D8: metadata the card names but cannot be had stops discovery (like the 401's resource_metadata)."""
+    named = "https://mcp.example.com/meta/prm.json"
+    card = json_response(200, {"authorization": {"resource_metadata_url": named}})
+    with pytest.raises(DiscoveryError, match="server card"):
+        run({f"GET {CARD}": card})
+
+
+@pytest.mark.parametrize("where", ["card", "named"])
+def test_server_card_outage_is_transient(where: str) -> None:
+    """D8, T5: a 5xx at the card or at the metadata it names is transient, not a legacy server."""
+    named = "https://mcp.example.com/meta/prm.json"
+    card = json_response(200, {"authorization": {"resource_metadata_url": named}})
+    routes: dict[str, Answer | list[Answer]] = {f"GET {CARD}": card, f"GET {named}": json_response(503, {})}
+    if where == "card":
+        routes[f"GET {CARD}"] = json_response(503, {})
+    with pytest.raises(TransientError):
+        run(routes)
+
+
+def test_server_card_url_passes_the_policy() -> None:
+    """D8, S2: a card naming metadata on a private address is refused like any other URL."""
+    card = json_response(200, {"authorization": {"resource_metadata_url": "https://10.0.0.5/prm"}})
+    with pytest.raises(PolicyError, match="private"):
+        run({f"GET {CARD}": card})
+
+
+def test_not_used_when_the_401_names_metadata() -> None:
+    """D8: the card is only asked when neither the 401 nor the well-known URLs give metadata."""
+    named = "https://mcp.example.com/custom/prm.json"
+    challenge = Challenge("Bearer", (("resource_metadata", named),))
+    _, driver = run({f"GET {named}": prm(), f"GET {AS_OAUTH}": as_meta()}, challenge=challenge)
+    assert f"GET {CARD}" not in driver.urls
+
+
+def test_discover_issuer_finds_an_idp_and_asks_for_no_resource() -> None:
+    """E2: an IdP found by its issuer; its resource indicator is None (an IdP login sends no resource)."""
+    idp = "https://idp.example.com"
+    driver = FakeDriver({f"GET {idp}/.well-known/openid-configuration": as_meta(issuer=idp)})
+    discovery = run_sync(discover_issuer(idp, policy=POLICY), driver)
+    assert (discovery.source, discovery.issuer, discovery.resource_indicator) == ("issuer", idp, None)
+    assert driver.urls == [
+        f"GET {idp}/.well-known/oauth-authorization-server",
+        f"GET {idp}/.well-known/openid-configuration",
+    ]
+
+
+def test_discover_issuer_without_metadata() -> None:
+    """E2: an IdP issuer without metadata cannot be used."""
+    with pytest.raises(DiscoveryError, match="no authorization server metadata"):
+        run_sync(discover_issuer("https://idp.example.com", policy=POLICY), FakeDriver())
+
+
+@pytest.mark.parametrize(
+    ("header", "scheme"),
+    [
+        ('DPoP resource_metadata="https://x/prm", algs="ES256"', "DPoP"),
+        ('DPoP algs="ES256", Bearer resource_metadata="https://x/prm"', "Bearer"),
+        ('Basic realm="x"', None),
+    ],
+)
+def test_resource_challenge_prefers_bearer_then_dpop(header: str, scheme: str | None) -> None:
+    """E3, D1: a server that only takes DPoP challenges with DPoP; its resource_metadata is still found."""
+    challenge = resource_challenge(header)
+    assert (challenge.scheme if challenge else None) == scheme

@@ -56,12 +56,13 @@ SECRETS = (
     "rt-refresh-token-0003",
     "cs-client-secret-0004",
     "rat-registration-token-0005",
+    "idt-id-token-0006",
 )
 
 
 def full_record(url: str = URL_A, tag: str = "") -> ServerRecord:
     """A record with every kind of secret filled in (``tag`` makes the values distinct per call)."""
-    ak, at, rt, cs, rat = (s + tag for s in SECRETS)
+    ak, at, rt, cs, rat, idt = (s + tag for s in SECRETS)
     return ServerRecord(
         server_url=url,
         access_key=Secret(ak),
@@ -75,6 +76,7 @@ def full_record(url: str = URL_A, tag: str = "") -> ServerRecord:
             client_id="client-123",
             resource=url,
             obtained_at=1_899_996_400.0,
+            id_token=Secret(idt),
         ),
         registrations={
             ISSUER: Registration(
@@ -448,6 +450,7 @@ async def test_keyring_backend_keeps_secrets_out_of_files(
         [
             "access_key",
             "access_token",
+            "id_token",
             "refresh_token",
             f"registration:{hashlib.sha256(ISSUER.encode()).hexdigest()[:32]}:client_secret",
             f"registration:{hashlib.sha256(ISSUER.encode()).hexdigest()[:32]}:registration_access_token",
