@@ -14,6 +14,7 @@ Editing (``add``/``remove``) goes through :func:`edit_raw`, which keeps every ke
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import stat
@@ -255,23 +256,26 @@ _SETTING_KEYS = {
     "allow_insecure_loopback": "auth.allowInsecureLoopback",
     "allow_private_network": "auth.allowPrivateNetwork",
 }
-_OAUTH_KEYS = {
-    "scopes": "auth.oauth21.scopes",
-    "callback_port": "auth.oauth21.callbackPort",
-    "client_id": "auth.oauth21.clientId",
-    "client_secret": "auth.oauth21.clientSecret",
-    "client_metadata_url": "auth.oauth21.clientMetadataUrl",
-}
+
+
+def _camel(name: str) -> str:
+    first, *rest = name.split("_")
+    return first + "".join(word.title() for word in rest)
 
 
 def differences(a: Server, b: Server) -> list[str]:
-    """The config keys whose values differ between entries ``a`` and ``b`` (names and URL spellings aside).
+    """The config keys whose values differ between entries ``a`` and ``b`` (names and URL spellings aside):
+    every setting of :class:`Server` and every key of ``oauth21`` (:class:`OAuthSettings`).
 
     A secret is compared, never shown: the key names it, not the value.
     """
     keys = [key for name, key in _SETTING_KEYS.items() if getattr(a, name) != getattr(b, name)]
     if a.oauth is not None and b.oauth is not None:
-        keys += [key for name, key in _OAUTH_KEYS.items() if getattr(a.oauth, name) != getattr(b.oauth, name)]
+        keys += [
+            f"auth.oauth21.{_camel(f.name)}"
+            for f in dataclasses.fields(OAuthSettings)
+            if getattr(a.oauth, f.name) != getattr(b.oauth, f.name)
+        ]
     return keys
 
 

@@ -262,3 +262,30 @@ def test_insecure_config_with_secrets_is_warned_about(tmp_path: Path) -> None:
     assert f"chmod 600 {path}" in warning
     path.chmod(0o600)
     assert config.insecure_file_warning(path) is None
+
+
+def test_alias_differences_name_every_setting_by_its_config_key() -> None:
+    """Two entries for one server are compared on every setting, each named by its key in the file, and a
+    differing secret is named without its value (rule 11)."""
+    entry = {
+        "url": "https://mcp.example.com/api",
+        "auth": {
+            "type": "oauth",
+            "oauth21": {"scopes": ["a"], "clientId": "c", "clientSecret": "s1", "dpop": "off"},
+        },
+    }
+    other = json.loads(json.dumps(entry))
+    other["url"] = "https://MCP.example.com:443/api/"
+    other["auth"]["oauth21"].update({"clientSecret": "s2", "dpop": "required", "callbackPort": 9000})
+    cfg = config.parse(json.dumps({"mcpServers": {"a": entry, "b": other}}).encode())
+    (grant,) = cfg.grants()
+    assert grant.names == ("a", "b")
+    assert grant.conflicts == (
+        "auth.oauth21.callbackPort",
+        "auth.oauth21.clientSecret",
+        "auth.oauth21.dpop",
+    )
+    same = config.parse(
+        json.dumps({"mcpServers": {"a": entry, "b": {**entry, "url": other["url"]}}}).encode()
+    )
+    assert [g.conflicts for g in same.grants()] == [()]
