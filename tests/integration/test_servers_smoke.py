@@ -18,6 +18,7 @@ import httpx
 import jwt
 import pytest
 
+from tests.harness import tool_names, wait_until
 from tests.servers.helpers import CallbackCatcher, McpError, McpSession, parse_www_authenticate, pkce_pair
 
 if TYPE_CHECKING:
@@ -155,12 +156,6 @@ def _refresh(
     )
 
 
-def _tool_names(http: httpx.Client, mcp: McpServer, token: str) -> list[str]:
-    session = McpSession(http, mcp.url, token)
-    session.initialize()
-    return [tool["name"] for tool in session.request("tools/list")["tools"]]
-
-
 def test_discovery_chain(
     http: httpx.Client, oidc_server: OidcServerFactory, mcp_server: McpServerFactory
 ) -> None:
@@ -206,7 +201,7 @@ def test_login_refresh_rotation_and_replay(
     assert claims["sub"] == "alice"
     assert claims["scope"] == "mcp:read"
     assert "refresh_token" in tokens
-    assert "admin_action" in _tool_names(http, mcp, tokens["access_token"])
+    assert "admin_action" in tool_names(mcp.url, tokens["access_token"])
     log = browser.log_text()
     assert "code=%3Ccode%3E" in log or "code=<code>" in log
     assert tokens["access_token"] not in log
@@ -367,7 +362,7 @@ def test_short_access_token_ttl(
     oidc.set_ttl(access_token=30)
     refreshed = _refresh(http, oidc, mcp, client_id, tokens["refresh_token"]).json()
     assert refreshed["expires_in"] == 30
-    assert "echo" in _tool_names(http, mcp, refreshed["access_token"])
+    assert "echo" in tool_names(mcp.url, refreshed["access_token"])
 
 
 def _device_login(
@@ -386,14 +381,15 @@ def _device_login(
 
     _open_browser(browser, device["verification_uri_complete"])
     browser.wait_for_log("end ok=", timeout=WAIT)
-    deadline = time.monotonic() + WAIT
-    while True:
+
+    def answered() -> httpx.Response | None:
         polled = http.post(metadata["token_endpoint"], data=poll)
-        if polled.status_code == 200 or time.monotonic() > deadline:
-            return polled
-        if polled.json()["error"] != "authorization_pending":
-            return polled
-        time.sleep(device.get("interval", 1))
+        pending = polled.status_code != 200 and polled.json()["error"] == "authorization_pending"
+        return None if pending else polled
+
+    return wait_until(
+        answered, WAIT, interval=device.get("interval", 1), message="the device grant to end (still pending)"
+    )
 
 
 def test_device_flow(
@@ -413,7 +409,7 @@ def test_device_flow(
     tokens = polled.json()
     assert jwt.decode(tokens["access_token"], options={"verify_signature": False})["aud"] == mcp.url
     assert "refresh_token" in tokens
-    assert "echo" in _tool_names(http, mcp, tokens["access_token"])
+    assert "echo" in tool_names(mcp.url, tokens["access_token"])
     assert oidc.stats()["token_success"] == {"device_code": 1}
 
 
@@ -469,7 +465,7 @@ def test_token_endpoint_switch_and_restart(
     assert oidc.issuer == issuer
     refreshed = _refresh(http, oidc, mcp, client_id, refresh_token)
     assert refreshed.status_code == 200, refreshed.text
-    assert "echo" in _tool_names(http, mcp, refreshed.json()["access_token"])
+    assert "echo" in tool_names(mcp.url, refreshed.json()["access_token"])
     stats = oidc.stats()  # counters restart with the process
     assert stats["token_requests"] == {"refresh_token": 1}
 
@@ -495,7 +491,7 @@ def test_chromium_driver(
     mcp = mcp_server(oidc)
     client_id = _register(http, oidc)["client_id"]
     tokens = _login(http, oidc, mcp, browser_env(driver="chromium"), client_id=client_id)
-    assert "echo" in _tool_names(http, mcp, tokens["access_token"])
+    assert "echo" in tool_names(mcp.url, tokens["access_token"])
     denied = _authorize(oidc, mcp, browser_env(driver="chromium", action="deny"), client_id, "mcp:read")
     assert denied["error"] == "access_denied"
     polled = _device_login(http, oidc, mcp, browser_env(driver="chromium"), client_id)

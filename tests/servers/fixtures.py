@@ -15,6 +15,7 @@ test when node/npm are not on PATH.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -24,13 +25,14 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+
+from tests.harness.waiting import WaitTimeout, wait_until
 
 __all__ = [
     "SERVERS_DIR",
@@ -169,18 +171,22 @@ class ServerProcess:
                 cwd=self.cwd,
                 start_new_session=True,
             )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        popen = self._popen
+
+        def ready_or_exited() -> tuple[dict[str, Any] | None, int | None] | None:
             with open(self.stdout_path, "rb") as out:
                 out.seek(offset)
                 line = out.readline()
             if line.endswith(b"\n"):
-                ready: dict[str, Any] = json.loads(line)
+                return json.loads(line), None
+            code = popen.poll()
+            return None if code is None else (None, code)
+
+        with contextlib.suppress(WaitTimeout):
+            ready, _ = wait_until(ready_or_exited, timeout, message=f"{self.name}'s ready line")
+            if ready is not None:
                 return ready
-            if self._popen.poll() is not None:
-                break
-            time.sleep(0.05)
-        code = self._popen.poll()
+        code = popen.poll()
         self.stop()
         raise _NotReady(
             f"{self.name} did not become ready within {timeout}s (exit code {code}); stderr tail:\n"
@@ -506,14 +512,13 @@ class BrowserEnv(dict[str, str]):
         return self.log_path.read_text() if self.log_path.exists() else ""
 
     def wait_for_log(self, text: str, timeout: float = 30.0) -> str:
-        """Wait until `text` appears in the driver's log; TimeoutError with the log otherwise."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            log = self.log_text()
-            if text in log:
-                return log
-            time.sleep(0.05)
-        raise TimeoutError(f"{text!r} not in browser log within {timeout}s:\n{self.log_text()}")
+        """Wait until `text` appears in the driver's log and return the log; WaitTimeout (an
+        AssertionError) with the log otherwise."""
+        return wait_until(
+            lambda: log if text in (log := self.log_text()) else "",
+            timeout,
+            message=lambda: f"{text!r} in the browser log:\n{self.log_text()}",
+        )
 
 
 BrowserEnvFactory = Callable[..., BrowserEnv]
