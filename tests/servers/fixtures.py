@@ -263,7 +263,8 @@ class OidcServer:
             return response.json()
 
     def stats(self) -> dict[str, Any]:
-        """Counters: token_requests/token_success by grant type, replay_detected, grants_revoked, …"""
+        """Counters: token_requests/token_success by grant type, replay_detected, grants_revoked, what
+        the token endpoint switch did (token_503, token_stalled, token_dropped, token_late, …), …"""
         result: dict[str, Any] = self._get("/__admin/stats")
         return result
 
@@ -283,13 +284,23 @@ class OidcServer:
         then: str = "drop",
         error: str = "temporarily_unavailable",
         status: int = 400,
+        retry_after: int = 1,
         grant_types: Sequence[str] | None = None,
         count: int | None = None,
     ) -> None:
-        """Break the token endpoint: mode "503", "stall" (hold the request `seconds`, then `then`="drop"
-        the connection unprocessed or "proceed" normally), "error" (answer `status` with OAuth `error`),
-        or "ok". Only for `grant_types` (short names: refresh_token, authorization_code, device_code) if
-        given, and only for the next `count` matching requests if given. Setting a mode releases stalls.
+        """Break the token endpoint (docs/testing-servers.md has the table).
+
+        Unprocessed, the grant unspent: "503" (with `Retry-After: retry_after`), "error" (answer `status`
+        with the OAuth `error`), "stall" (hold the request `seconds`, then `then`="drop" the connection or
+        "proceed" to process it normally), "drop" (close the connection at once). Processed, a refresh
+        token rotated: "late" (hold the answer `seconds`, then send it), "lose" (close the connection
+        without the answer). "ok" ends the switch. Only for `grant_types` (short names: refresh_token,
+        authorization_code, device_code) if given, and only for the next `count` matching requests if
+        given. Setting a mode releases whatever is held (a stall goes on with its `then`, a late answer is
+        sent).
+
+        Raises:
+            httpx.HTTPStatusError: an unknown mode or `then` (the server answers 400).
         """
         self._admin(
             "token_endpoint",
@@ -299,6 +310,7 @@ class OidcServer:
                 "then": then,
                 "error": error,
                 "status": status,
+                "retry_after": retry_after,
                 "grant_types": list(grant_types) if grant_types is not None else None,
                 "count": count,
             },
