@@ -145,7 +145,13 @@ def _login(
 
 
 def _refresh(
-    http: httpx.Client, oidc: OidcServer, mcp: McpServer, client_id: str, refresh_token: str
+    http: httpx.Client,
+    oidc: OidcServer,
+    mcp: McpServer,
+    client_id: str,
+    refresh_token: str,
+    *,
+    timeout: float = 10.0,
 ) -> httpx.Response:
     return http.post(
         oidc.metadata()["token_endpoint"],
@@ -155,6 +161,7 @@ def _refresh(
             "client_id": client_id,
             "resource": mcp.url,
         },
+        timeout=timeout,
     )
 
 
@@ -493,16 +500,8 @@ class Grant:
 
     def refresh(self, refresh_token: str | None = None, *, timeout: float = 10.0) -> httpx.Response:
         """POST a refresh of ``refresh_token`` (default: the login's) and return the answer."""
-        return self.http.post(
-            self.oidc.metadata()["token_endpoint"],
-            data={
-                "grant_type": "refresh_token",
-                "refresh_token": refresh_token or self.refresh_token,
-                "client_id": self.client_id,
-                "resource": self.mcp.url,
-            },
-            timeout=timeout,
-        )
+        token = refresh_token or self.refresh_token
+        return _refresh(self.http, self.oidc, self.mcp, self.client_id, token, timeout=timeout)
 
     def still_unspent(self) -> None:
         """The login's refresh token still works: the switch left the grant as it was."""
@@ -549,6 +548,7 @@ def grant(
     mcp_server: McpServerFactory,
     browser_env: BrowserEnvFactory,
 ) -> Grant:
+    """A client logged in at a fresh authorization server (code + PKCE), the server's counters zeroed."""
     oidc = oidc_server()
     mcp = mcp_server(oidc)
     client_id = _register(http, oidc)["client_id"]
