@@ -1,101 +1,34 @@
-"""Shared fixtures: an isolated per-test environment and a real daemon started by PID.
-
-Every daemon logs at debug level. Its logs and the output of every ``Env.run`` are kept for the session's
-secret scan (tests/secret_scan.py): at the end of the run, none of them may hold a secret issued or
-configured during it.
+"""Shared fixtures: an isolated per-test environment, a real daemon started by PID, and the whole stack
+(authorization server, MCP servers, config, daemon, logged-in grant). What they build lives in
+tests/harness/; the servers' fixtures in tests/servers/fixtures.py.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import re
 import shutil
-import signal
-import subprocess
-import sys
 import tempfile
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from tests import secret_scan
+# Before the import below, so that the harness's asserts are rewritten (they then show their values).
+pytest.register_assert_rewrite("tests.harness", "tests.fakes")
+
+from tests import secret_scan  # noqa: E402
+from tests.harness import Daemon, Env, Stack, StackFactory, start_daemon  # noqa: E402
+
+if TYPE_CHECKING:
+    from tests.servers.fixtures import BrowserEnvFactory, McpServerFactory, OidcServerFactory
 
 # Real authorization server, MCP server and browser drivers for integration tests (tests/servers/).
 pytest_plugins = ["tests.servers.fixtures"]
 
-START_DEADLINE = 15.0
-
-
-@dataclass
-class Env:
-    """Paths and environment of one isolated broker installation."""
-
-    root: Path
-    config: Path
-    socket: Path
-    data: Path
-    state: Path
-    vars: dict[str, str] = field(default_factory=dict)
-    #: Where run() output and, at the end, the logs are kept for the secret scan (None: not kept).
-    outputs: Path | None = None
-
-    def write_config(self, servers: dict[str, Any], **top: Any) -> None:
-        doc = {"mcpServers": servers, **top}
-        for kind, value in secret_scan.json_secrets(doc):
-            secret_scan.record_secret(kind, value)
-        self.config.write_text(json.dumps(doc, indent=2))
-        self.config.chmod(0o600)
-
-    def run(
-        self,
-        *argv: str,
-        input: str | None = None,
-        extra_env: dict[str, str] | None = None,
-        timeout: float = 30,
-    ) -> subprocess.CompletedProcess[str]:
-        """Run ``ncp-broker`` or ``ncp-token`` (argv[0]) as a user would, in this environment."""
-        module = {"ncp-broker": "brokerd", "ncp-token": "ncp_client._cli"}[argv[0]]
-        for flag, kind in (("--access-key", "access_key"), ("--client-secret", "client_secret")):
-            if flag in argv[:-1] and argv[argv.index(flag) + 1] == "-":  # the secret comes on stdin
-                secret_scan.record_secret(kind, input)
-        done = subprocess.run(
-            [sys.executable, "-m", module, *argv[1:]],
-            input=input if input is not None else "",
-            capture_output=True,
-            text=True,
-            env={**self.vars, **(extra_env or {})},
-            timeout=timeout,
-            check=False,
-        )
-        if self.outputs is not None:
-            # ncp-token's standard output is the token: the one place it belongs.
-            stdout = "" if argv[0] == "ncp-token" else done.stdout
-            self.outputs.mkdir(parents=True, exist_ok=True)
-            with (self.outputs / "cli-output.txt").open("a") as out:
-                out.write(f"--- {' '.join(argv[:2])} (exit {done.returncode})\n{stdout}{done.stderr}")
-        return done
-
-    def keep_for_secret_scan(self) -> None:
-        """Copy this installation's logs for the session's secret scan; note the secrets in its files."""
-        if self.outputs is None:
-            return
-        self.outputs.mkdir(parents=True, exist_ok=True)
-        for folder, _, names in os.walk(self.root):
-            for name in names:
-                path = Path(folder, name)
-                if name.endswith(".log"):
-                    with contextlib.suppress(OSError):
-                        shutil.copyfile(path, self.outputs / "_".join(path.relative_to(self.root).parts))
-                elif path == self.config or (name.endswith(".json") and Path(folder) == self.data):
-                    with contextlib.suppress(OSError, ValueError):
-                        for kind, value in secret_scan.json_secrets(json.loads(path.read_text())):
-                            secret_scan.record_secret(kind, value)
+# Test files written before tests/harness/ import these names from here.
+__all__ = ["Daemon", "Env", "start_daemon"]
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -122,6 +55,7 @@ def secret_hygiene() -> Iterator[None]:
 
 @pytest.fixture
 def env(request: pytest.FixtureRequest) -> Iterator[Env]:
+    """A fresh, private broker installation (config, socket, data and state directories) for this test."""
     # Unix socket paths are limited to ~107 bytes, and pytest's tmp_path is long: use a short root.
     root = Path(tempfile.mkdtemp(prefix="ncpb-"))
     e = Env(
@@ -149,69 +83,6 @@ def env(request: pytest.FixtureRequest) -> Iterator[Env]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-@dataclass
-class Daemon:
-    env: Env
-    proc: subprocess.Popen[bytes]
-    log: Path
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def stop(self) -> int:
-        """SIGTERM, then SIGKILL after a deadline; returns the exit status."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        return self.proc.returncode
-
-
-def start_daemon(env: Env, *extra: str, log_name: str = "daemon.log") -> Daemon:
-    """Start ``ncp-broker start --foreground`` and wait until its socket answers."""
-    log = env.root / log_name
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "brokerd", *extra, "start", "--foreground"],
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=out,
-            env=env.vars,
-        )
-    daemon = Daemon(env, proc, log)
-    deadline = time.monotonic() + START_DEADLINE
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            return daemon  # the caller checks why (e.g. a refused config)
-        if env.socket.exists() and _answers(env.socket):
-            return daemon
-        time.sleep(0.02)
-    daemon.stop()
-    raise AssertionError(f"daemon did not start within {START_DEADLINE} s:\n{daemon.log_text()}")
-
-
-def _answers(sock: Path) -> bool:
-    import socket
-
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(1)
-    try:
-        s.connect(str(sock))
-        s.sendall(b'{"op":"hello"}\n')
-        return s.recv(100).startswith(b"{")
-    except OSError:
-        return False
-    finally:
-        s.close()
-
-
 @pytest.fixture
 def daemon(env: Env) -> Iterator[Daemon]:
     """A real daemon on a private socket; the test writes the config first (or gets an empty one)."""
@@ -223,3 +94,25 @@ def daemon(env: Env) -> Iterator[Daemon]:
         yield d
     finally:
         d.stop()
+
+
+@pytest.fixture
+def stack(
+    env: Env,
+    oidc_server: OidcServerFactory,
+    mcp_server: McpServerFactory,
+    browser_env: BrowserEnvFactory,
+) -> Iterator[StackFactory]:
+    """Factory: ``stack(*, start=True, login=True, **options) -> Stack`` (options of ``Stack.assemble``):
+    the servers, the config, a daemon and a logged-in grant, in this test's ``env``; every daemon it
+    started is stopped at teardown (the servers by their own fixtures)."""
+    made: list[Stack] = []
+
+    def make(*, start: bool = True, login: bool = True, **options: Any) -> Stack:
+        built = Stack.assemble(env, oidc_server, mcp_server, browser_env, **options)
+        made.append(built)  # before bring_up: a failed login still stops the daemon
+        return built.bring_up(start=start, login=login)
+
+    yield make
+    for built in reversed(made):
+        built.stop()

@@ -8,7 +8,8 @@ tests/conftest.py points ``$NCP_TEST_SECRETS_DIR`` at a private directory that h
                          and device codes, client secrets and registration access tokens it issued, and the
                          PKCE code verifiers it was shown
     configured.jsonl     from :func:`record_secret`: access keys and client secrets the tests configured
-    outputs/<test>/      from ``Env`` in tests/conftest.py: the daemon logs and CLI output of each test
+    outputs/<test>/      from ``Env`` (tests/harness/installation.py): the daemon logs and CLI output of
+                         each test
 
 Each ``.jsonl`` line is ``{"kind": ..., "value": ...}``. A report names the place and the kind of secret,
 never its value. Values shorter than :data:`MIN_LENGTH` are ignored: they would match by chance.

@@ -26,7 +26,8 @@ from brokerd.grant import OAuthActor, OAuthContext
 from brokerd.renewal import ON_DEMAND_RETRY
 from brokerd.secret import Secret
 from brokerd.store import RefreshSent
-from tests.daemon.test_refresh_schedule import SERVER, URL, MemoryStore, TokenEndpoint, seeded_store
+from tests.daemon.test_refresh_schedule import SERVER, URL, TokenEndpoint, seeded_store
+from tests.fakes import MemoryStore
 
 _R = TypeVar("_R")
 

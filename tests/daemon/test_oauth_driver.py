@@ -26,6 +26,7 @@ from brokerd.oauth import (
 )
 from brokerd.oauth_driver import MAX_BODY, TOTAL_TIMEOUT, USER_AGENT, drive, make_http_client, redact_url
 from brokerd.secret import Secret
+from tests.fakes import no_device_code, no_redirect
 
 Handler = Callable[[httpx.Request], Coroutine[None, None, httpx.Response]]
 TOKEN_URL = "https://as.example/token"
@@ -38,14 +39,6 @@ def _fetch_all(*requests: HttpRequest) -> Generator[Effect, object, list[object]
     return answers
 
 
-async def _no_redirect(effect: AwaitRedirect) -> Mapping[str, str]:
-    raise AssertionError(f"unexpected redirect {effect}")
-
-
-async def _no_device_code(effect: ShowDeviceCode) -> None:
-    raise AssertionError(f"unexpected device code {effect}")
-
-
 async def _run(
     handler: Handler, *requests: HttpRequest, clock: Callable[[], float] = lambda: 1234.5
 ) -> list[object]:
@@ -53,8 +46,8 @@ async def _run(
         return await drive(
             _fetch_all(*requests),
             http=http,
-            on_redirect=_no_redirect,
-            on_device_code=_no_device_code,
+            on_redirect=no_redirect,
+            on_device_code=no_device_code,
             clock=clock,
         )
 
@@ -273,7 +266,7 @@ async def test_flow_closed_when_a_handler_raises() -> None:
 
     async with make_http_client(transport=httpx.MockTransport(no_http)) as http:
         with pytest.raises(LookupError, match="listener gone"):
-            await drive(flow(), http=http, on_redirect=on_redirect, on_device_code=_no_device_code)
+            await drive(flow(), http=http, on_redirect=on_redirect, on_device_code=no_device_code)
     assert closed == [True]
 
 
@@ -307,8 +300,8 @@ async def test_core_refresh_flow_through_the_driver() -> None:
         new = await drive(
             refresh(tokens, registration, policy=UrlPolicy()),
             http=http,
-            on_redirect=_no_redirect,
-            on_device_code=_no_device_code,
+            on_redirect=no_redirect,
+            on_device_code=no_device_code,
             clock=lambda: 5000.0,
         )
     assert new.access_token == Secret("AT-2")
@@ -330,8 +323,8 @@ async def test_core_refresh_invalid_grant_raises() -> None:
             await drive(
                 refresh(tokens, registration, policy=UrlPolicy()),
                 http=http,
-                on_redirect=_no_redirect,
-                on_device_code=_no_device_code,
+                on_redirect=no_redirect,
+                on_device_code=no_device_code,
             )
     assert ended.value.error == "invalid_grant"
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from typing import Literal
 
 import httpx
@@ -24,46 +23,13 @@ from brokerd.grant import OAuthActor, OAuthContext
 from brokerd.oauth import Registration, TokenSet
 from brokerd.renewal import JOIN_WAIT, ON_DEMAND_RETRY
 from brokerd.secret import Secret
-from brokerd.store import ServerRecord, StoreError, StoreInfo
-from brokerd.store._base import LoadReport
+from brokerd.store import ServerRecord
 from brokerd.wire import LogoutResult, WireError
+from tests.fakes import MemoryStore
 
 URL = "http://127.0.0.1:9/mcp"
 ISSUER = "http://127.0.0.1:9"
 TOKEN_ENDPOINT = f"{ISSUER}/token"
-
-
-class MemoryStore:
-    """The store edge, in memory (no threads, so MockClock's autojump sees only the actor's sleeps)."""
-
-    def __init__(self) -> None:
-        self.records: dict[str, ServerRecord] = {}
-        self.saves = 0
-        self.full = False  # a full disk: every save fails
-
-    async def load(self, server_url: str) -> ServerRecord | None:
-        return self.records.get(server_url)
-
-    async def save(self, record: ServerRecord) -> None:
-        if self.full:
-            raise StoreError("cannot write /nonexistent/x.json: [Errno 28] No space left on device")
-        self.saves += 1
-        self.records[record.server_url] = record
-
-    async def delete(self, server_url: str) -> None:
-        self.records.pop(server_url, None)
-
-    async def load_all(self) -> LoadReport:
-        return LoadReport(records=list(self.records.values()), problems=[])
-
-    def describe(self) -> StoreInfo:
-        return StoreInfo(backend="file", reason="memory", data_dir=Path("/nonexistent"), keyring_backend=None)
-
-    async def load_access_key(self, server_url: str) -> Secret | None:
-        return None
-
-    async def save_access_key(self, server_url: str, key: Secret | None) -> None:
-        return None
 
 
 class TokenEndpoint:

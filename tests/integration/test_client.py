@@ -16,7 +16,7 @@ import pytest
 import trio
 
 import ncp_client
-from tests.conftest import Daemon, Env
+from tests.harness import Daemon, Env
 
 pytestmark = pytest.mark.integration
 

@@ -10,12 +10,11 @@ import stat
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import Daemon, Env, start_daemon
+from tests.harness import Daemon, Env, start_daemon, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -273,10 +272,11 @@ def test_bad_reload_keeps_config_sighup_reloads_good_one(env: Env, daemon: Daemo
     assert env.run("ncp-token", "neus").stdout == KEY + "\n"
     env.write_config({"neus": bearer(token="second-key")})
     os.kill(daemon.pid, signal.SIGHUP)
-    deadline = time.monotonic() + 10
-    while env.run("ncp-token", "neus").stdout != "second-key\n":
-        assert time.monotonic() < deadline, daemon.log_text()
-        time.sleep(0.05)
+    wait_until(
+        lambda: env.run("ncp-token", "neus").stdout == "second-key\n",  # a bool: the key is not shown
+        10,
+        message=lambda: f"SIGHUP to apply the new key; daemon log:\n{daemon.log_text()}",
+    )
 
 
 def test_two_daemons_started_at_once_one_wins(env: Env) -> None:
@@ -293,10 +293,9 @@ def test_two_daemons_started_at_once_one_wins(env: Env) -> None:
         for _ in range(2)
     ]
     try:
-        deadline = time.monotonic() + 15
-        while all(p.poll() is None for p in procs):
-            assert time.monotonic() < deadline, "neither daemon gave way"
-            time.sleep(0.05)
+        wait_until(
+            lambda: any(p.poll() is not None for p in procs), 15, message="one of the two daemons to give way"
+        )
         loser = next(p for p in procs if p.poll() is not None)
         winner = next(p for p in procs if p is not loser)
         _, err = loser.communicate(timeout=5)

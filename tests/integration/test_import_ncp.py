@@ -14,8 +14,8 @@ import pytest
 from brokerd.callback import open_callback_listener
 from brokerd.ncp_import import ncp_key
 from brokerd.oauth_driver import make_http_client
-from tests.conftest import Env, start_daemon
-from tests.integration.test_oauth_edges import _discover, _login, _register, _tool_names_sync, _use_browser
+from tests.harness import Env, oauth_entry, start_daemon, tool_names
+from tests.integration.test_oauth_edges import _discover, _login, _register, _use_browser
 
 if TYPE_CHECKING:
     from tests.servers.fixtures import BrowserEnvFactory, McpServerFactory, OidcServerFactory
@@ -30,6 +30,8 @@ async def test_import_takes_over_ncps_grant_and_lists_what_it_cannot_match(
     browser_env: BrowserEnvFactory,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """`import-ncp` takes over NCP's grant with one proving refresh (no new registration, no replay) and
+    names every file it skipped."""
     oidc = oidc_server()
     mcp = mcp_server(oidc)
     _use_browser(monkeypatch, browser_env())
@@ -60,8 +62,7 @@ async def test_import_takes_over_ncps_grant_and_lists_what_it_cannot_match(
     _write(auth_dir / f"{ncp_key(mcp.url)}.json", json.dumps(ncp_file, indent=2))
     _write(auth_dir / f"{ncp_key('https://elsewhere.example/mcp')}.json", json.dumps(ncp_file))
     _write(auth_dir / "0123456789abcdef.json", '{"tokens": {"access_tok')  # truncated
-    oauth = {"type": "oauth", "oauth21": {}, "allowInsecureLoopback": True}
-    env.write_config({"srv": {"url": mcp.url, "auth": oauth}})
+    env.write_config({"srv": oauth_entry(mcp.url)})
     refreshes_before = oidc.stats()["token_requests"].get("refresh_token", 0)
 
     assert env.run("ncp-broker", "import-ncp", str(auth_dir)).returncode == 3  # needs the daemon
@@ -77,7 +78,7 @@ async def test_import_takes_over_ncps_grant_and_lists_what_it_cannot_match(
         token = env.run("ncp-token", "srv").stdout.strip()
         assert token
         assert token != tokens.access_token.reveal()  # the proving refresh rotated the grant
-        assert "echo" in _tool_names_sync(mcp.url, token)
+        assert "echo" in tool_names(mcp.url, token)
         stats = oidc.stats()
         assert stats["token_requests"]["refresh_token"] == refreshes_before + 1
         assert stats["replay_detected"] == 0

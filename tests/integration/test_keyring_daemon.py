@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,18 +21,12 @@ import httpx
 import pytest
 
 from brokerd.store import KEYRING_SERVICE, server_key
-from tests.conftest import Daemon, Env, start_daemon
-from tests.integration.test_login import log_in, tools_list
+from tests.harness import Env, StackFactory, sleep_past, start_daemon, tool_names
 from tests.keyring_backend import BACKEND, FILE_VARIABLE, read_entries
 
 if TYPE_CHECKING:
-    from tests.servers.fixtures import (
-        BrowserEnvFactory,
-        McpServer,
-        McpServerFactory,
-        OidcServer,
-        OidcServerFactory,
-    )
+    from tests.harness import Daemon
+    from tests.servers.fixtures import McpServer
 
 pytestmark = pytest.mark.integration
 
@@ -62,18 +55,6 @@ def keyring_file(env: Env) -> Path:
     return path
 
 
-@pytest.fixture
-def servers(oidc_server: OidcServerFactory, mcp_server: McpServerFactory) -> tuple[OidcServer, McpServer]:
-    """An authorization server with long-lived tokens (no refresh rewrites the keyring while we read it)."""
-    oidc = oidc_server()
-    return oidc, mcp_server(oidc)
-
-
-def configure(env: Env, mcp: McpServer, store: str) -> None:
-    auth = {"type": "oauth", "oauth21": {}, "allowInsecureLoopback": True}
-    env.write_config({"srv": {"url": mcp.url, "auth": auth}}, store=store)
-
-
 def start(env: Env) -> Daemon:
     daemon = start_daemon(env)
     assert daemon.proc.poll() is None, daemon.log_text()
@@ -81,9 +62,7 @@ def start(env: Env) -> Daemon:
 
 
 def store_status(env: Env) -> str:
-    status = env.run("ncp-broker", "status", "--json")
-    assert status.returncode == 0, status.stderr
-    return str(json.loads(status.stdout)["daemon"]["store"])
+    return str(env.status()["daemon"]["store"])
 
 
 def document_path(env: Env, mcp: McpServer) -> Path:
@@ -120,7 +99,7 @@ def token(env: Env) -> str:
 
 def mcp_accepts(mcp: McpServer, access_token: str) -> bool:
     """Whether the MCP server lists its tools for ``access_token``."""
-    tools = tools_list(mcp.url, access_token)
+    tools = tool_names(mcp.url, access_token)
     return "echo" in tools
 
 
@@ -143,77 +122,64 @@ def assert_secrets_only_in_keyring(env: Env, mcp: McpServer) -> None:
 
 def wait_past_expiry(env: Env, mcp: McpServer) -> None:
     """Sleep until the stored access token has expired (the daemon is stopped: nothing moves it)."""
-    expires_at = float(document(env, mcp)["tokens"]["expires_at"])
-    time.sleep(max(0.0, expires_at - time.time()) + 0.5)
+    sleep_past(float(document(env, mcp)["tokens"]["expires_at"]), 0.5)
 
 
 def test_login_puts_tokens_in_the_keyring_and_status_says_so(
-    env: Env, keyring_file: Path, servers: tuple[OidcServer, McpServer], browser_env: BrowserEnvFactory
+    env: Env, keyring_file: Path, stack: StackFactory
 ) -> None:
     """`"store": "keyring"`: status names the backend and why; after a login the document has every secret
     null and the keyring holds the tokens; `ncp-token` hands out the keyring's token, which the MCP server
     accepts."""
-    oidc, mcp = servers
-    configure(env, mcp, "keyring")
-    daemon = start(env)
-    try:
-        store = store_status(env)
-        assert store.startswith("keyring ("), store
-        assert BACKEND in store  # the backend …
-        assert 'configured: "store": "keyring"' in store  # … and why
-        assert "(priority 1)" in store
-        log_in(env, browser_env)
-        access = token(env)
-        accepted = mcp_accepts(mcp, access)
-        assert accepted, "the MCP server refused the token"
+    # Long-lived tokens: no refresh rewrites the keyring while the test reads it.
+    s = stack(store="keyring", login=False)
+    oidc, mcp = s.oidc, s.mcp
+    store = store_status(env)
+    assert store.startswith("keyring ("), store
+    assert BACKEND in store  # the backend …
+    assert 'configured: "store": "keyring"' in store  # … and why
+    assert "(priority 1)" in store
+    s.log_in()
+    access = token(env)
+    accepted = mcp_accepts(mcp, access)
+    assert accepted, "the MCP server refused the token"
 
-        assert_secrets_only_in_keyring(env, mcp)
-        doc = document(env, mcp)
-        secrets = keyring_secrets(keyring_file, mcp)
-        assert set(secrets) == set(doc["keyring_entries"])  # the document lists exactly what it owns
-        handed_out = secrets["access_token"] == access
-        assert handed_out, "ncp-token did not hand out the keyring's access token"
-        has_refresh = bool(secrets["refresh_token"])
-        assert has_refresh, "the keyring holds an empty refresh token"
-        on_disk = data_dir_text(env) + daemon.log_text()
-        leaked = [name for name, value in secrets.items() if value in on_disk]
-        assert not leaked, f"keyring secrets found in the data directory or the log: {leaked}"
-        assert oidc.stats()["token_requests"]["authorization_code"] == 1
-    finally:
-        daemon.stop()
+    assert_secrets_only_in_keyring(env, mcp)
+    doc = document(env, mcp)
+    secrets = keyring_secrets(keyring_file, mcp)
+    assert set(secrets) == set(doc["keyring_entries"])  # the document lists exactly what it owns
+    handed_out = secrets["access_token"] == access
+    assert handed_out, "ncp-token did not hand out the keyring's access token"
+    has_refresh = bool(secrets["refresh_token"])
+    assert has_refresh, "the keyring holds an empty refresh token"
+    on_disk = data_dir_text(env) + s.daemon.log_text()
+    leaked = [name for name, value in secrets.items() if value in on_disk]
+    assert not leaked, f"keyring secrets found in the data directory or the log: {leaked}"
+    assert oidc.stats()["token_requests"]["authorization_code"] == 1
 
 
 def test_restart_past_expiry_refreshes_from_the_keyring_without_login(
-    env: Env,
-    keyring_file: Path,
-    oidc_server: OidcServerFactory,
-    mcp_server: McpServerFactory,
-    browser_env: BrowserEnvFactory,
+    env: Env, keyring_file: Path, stack: StackFactory
 ) -> None:
     """Rule 5 with the keyring: a daemon restarted after the access token expired refreshes with the
     keyring's refresh token, without a login and without replay; the rotated refresh token lands in the
     keyring, not in the document; and it is the live one (a second restart refreshes with it)."""
-    oidc = oidc_server(access_token_ttl=3)
-    mcp = mcp_server(oidc)
-    configure(env, mcp, "keyring")
-    daemon = start(env)
-    try:
-        log_in(env, browser_env)
-        first = token(env)
-    finally:
-        daemon.stop()
+    s = stack(ttl=3, store="keyring")
+    oidc, mcp = s.oidc, s.mcp
+    first = token(env)
+    s.stop()
     before = keyring_secrets(keyring_file, mcp)
     assert_secrets_only_in_keyring(env, mcp)
 
     issued: list[str] = [first]
     for restart in (1, 2):
         wait_past_expiry(env, mcp)
-        daemon = start(env)
+        daemon = s.start()
         try:
             fresh = token(env)
             accepted = mcp_accepts(mcp, fresh)
         finally:
-            daemon.stop()
+            s.stop()
         assert accepted, f"restart {restart}: the MCP server refused the fresh token"
         is_new = fresh not in issued
         assert is_new, f"restart {restart}: ncp-token handed out an expired token instead of a fresh one"
@@ -236,25 +202,21 @@ def test_restart_past_expiry_refreshes_from_the_keyring_without_login(
 
 
 def test_logout_removes_the_keyring_entries_and_revokes(
-    env: Env, keyring_file: Path, servers: tuple[OidcServer, McpServer], browser_env: BrowserEnvFactory
+    env: Env, keyring_file: Path, stack: StackFactory
 ) -> None:
     """`logout` with the keyring: the grant is revoked at the server, the token entries leave the keyring
     (only the kept client registration's entries may stay) and the document no longer lists them."""
-    oidc, mcp = servers
-    configure(env, mcp, "keyring")
-    daemon = start(env)
-    try:
-        log_in(env, browser_env)
-        before = keyring_secrets(keyring_file, mcp)
-        assert {"access_token", "refresh_token"} <= set(before)
-        client_id = document(env, mcp)["tokens"]["client_id"]
-        out = env.run("ncp-broker", "logout", "srv")
-        assert out.returncode == 0, out.stderr
-        assert "refresh_token: revoked" in out.stdout
-        refused = env.run("ncp-token", "srv").returncode
-        assert refused == 5
-    finally:
-        daemon.stop()
+    s = stack(store="keyring")
+    oidc, mcp = s.oidc, s.mcp
+    before = keyring_secrets(keyring_file, mcp)
+    assert {"access_token", "refresh_token"} <= set(before)
+    client_id = document(env, mcp)["tokens"]["client_id"]
+    out = env.run("ncp-broker", "logout", "srv")
+    assert out.returncode == 0, out.stderr
+    assert "refresh_token: revoked" in out.stdout
+    refused = env.run("ncp-token", "srv").returncode
+    assert refused == 5
+    s.stop()
 
     after = keyring_secrets(keyring_file, mcp)
     entries = sorted(after)  # names only: the values are secrets

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from tests.conftest import Daemon, Env
+from tests.harness import Daemon, Env, oauth_entry
 
 if TYPE_CHECKING:
     from tests.servers.fixtures import OidcServer, OidcServerFactory
@@ -118,8 +118,9 @@ def liar(oidc_server: OidcServerFactory, request: pytest.FixtureRequest) -> Iter
 def test_login_refuses_a_lying_server_before_authorizing(
     env: Env, liar: Liar, said: str, daemon: Daemon
 ) -> None:
-    auth = {"type": "oauth", "oauth21": {}, "allowInsecureLoopback": True}
-    env.write_config({"srv": {"url": f"{liar.origin}/mcp", "auth": auth}})
+    """A server whose metadata lies is refused during discovery, naming what was wrong, before any
+    registration or authorization request."""
+    env.write_config({"srv": oauth_entry(f"{liar.origin}/mcp")})
     assert env.run("ncp-broker", "reload").returncode == 0
     login = env.run("ncp-broker", "login", "srv", extra_env={"BROWSER": "false"}, timeout=60)
     assert login.returncode == 5, login.stdout + login.stderr

@@ -42,7 +42,8 @@ from brokerd.oauth import (
     select_scopes,
 )
 from brokerd.oauth_driver import drive, make_http_client, send
-from tests.servers.helpers import McpSession
+from tests.fakes import no_device_code, no_redirect
+from tests.harness import tool_names
 
 if TYPE_CHECKING:
     # Only for annotations: importing the plugin module before pytest registers it would stop pytest
@@ -68,14 +69,6 @@ def _use_browser(monkeypatch: pytest.MonkeyPatch, browser: BrowserEnv) -> None:
         monkeypatch.setenv(name, value)
 
 
-async def _no_redirect(effect: AwaitRedirect) -> Mapping[str, str]:
-    raise AssertionError("this flow must not ask for a redirect")
-
-
-async def _no_device_code(effect: ShowDeviceCode) -> None:
-    raise AssertionError("this flow must not show a device code")
-
-
 async def _discover(http: httpx.AsyncClient, mcp_url: str) -> Discovery:
     """An unauthenticated MCP request, its 401 challenge, then the core's discovery."""
     initialize = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {}}
@@ -95,8 +88,8 @@ async def _discover(http: httpx.AsyncClient, mcp_url: str) -> Discovery:
     return await drive(
         discover(mcp_url, policy=POLICY, challenge=challenge),
         http=http,
-        on_redirect=_no_redirect,
-        on_device_code=_no_device_code,
+        on_redirect=no_redirect,
+        on_device_code=no_device_code,
     )
 
 
@@ -110,8 +103,8 @@ async def _register(http: httpx.AsyncClient, discovery: Discovery, redirect_uri:
             scopes=select_scopes(discovery),
         ),
         http=http,
-        on_redirect=_no_redirect,
-        on_device_code=_no_device_code,
+        on_redirect=no_redirect,
+        on_device_code=no_device_code,
     )
 
 
@@ -134,7 +127,7 @@ async def _login(
         ),
         http=http,
         on_redirect=on_redirect,
-        on_device_code=_no_device_code,
+        on_device_code=no_device_code,
     )
 
 
@@ -142,20 +135,13 @@ async def _refresh(http: httpx.AsyncClient, tokens: TokenSet, registration: Regi
     return await drive(
         refresh(tokens, registration, policy=POLICY),
         http=http,
-        on_redirect=_no_redirect,
-        on_device_code=_no_device_code,
+        on_redirect=no_redirect,
+        on_device_code=no_device_code,
     )
 
 
-def _tool_names_sync(url: str, token: str) -> list[str]:
-    with httpx.Client(trust_env=False, timeout=10.0) as client:
-        session = McpSession(client, url, token)
-        session.initialize()
-        return [tool["name"] for tool in session.request("tools/list")["tools"]]
-
-
 async def _tool_names(url: str, tokens: TokenSet) -> list[str]:
-    return await trio.to_thread.run_sync(_tool_names_sync, url, tokens.access_token.reveal())
+    return await trio.to_thread.run_sync(tool_names, url, tokens.access_token.reveal())
 
 
 async def test_login_refresh_rotation_and_revoke(
@@ -211,8 +197,8 @@ async def test_login_refresh_rotation_and_revoke(
     outcomes = await drive(
         revoke(third, registration, policy=POLICY),
         http=http,
-        on_redirect=_no_redirect,
-        on_device_code=_no_device_code,
+        on_redirect=no_redirect,
+        on_device_code=no_device_code,
     )
     by_hint = {o.token_type_hint: o for o in outcomes}
     assert by_hint["refresh_token"].outcome == "revoked"
@@ -283,7 +269,7 @@ async def test_device_flow(
         tokens = await drive(
             device_flow(discovery, registration, policy=POLICY, scopes=select_scopes(discovery)),
             http=http,
-            on_redirect=_no_redirect,
+            on_redirect=no_redirect,
             on_device_code=on_device_code,
         )
     assert len(shown) == 1

@@ -19,9 +19,6 @@ no switch to drop it; the pure core's tests cover that case (schedule.DEFAULT_LI
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import json
 import os
 import pty
 import random
@@ -29,7 +26,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -37,21 +33,25 @@ import httpx
 import pytest
 
 import ncp_client
-from tests.conftest import Daemon, Env, start_daemon
+from tests.harness import (
+    LOGIN_TIMEOUT,
+    NAME,
+    Env,
+    Stack,
+    StackFactory,
+    digest,
+    jwt_claims,
+    sleep_past,
+    tool_names,
+    wait_until,
+)
 from tests.servers.helpers import McpError, McpSession
 
 if TYPE_CHECKING:
-    from tests.servers.fixtures import (
-        BrowserEnvFactory,
-        McpServer,
-        McpServerFactory,
-        OidcServer,
-        OidcServerFactory,
-    )
+    from tests.servers.fixtures import McpServer, OidcServer
 
 pytestmark = pytest.mark.integration
 
-NAME = "srv"
 TTL = 3  # access-token lifetime at the authorization server, seconds
 # DESIGN.md rule 9 and brokerd/renewal.py: a token is refreshed at two thirds of its issued lifetime. The
 # jitter (up to a tenth) is capped by the margin of a third of the lifetime, and a request refreshes at the
@@ -59,89 +59,12 @@ TTL = 3  # access-token lifetime at the authorization server, seconds
 # starts exactly 2 s after the previous token arrived — never earlier.
 REFRESH_INTERVAL = TTL * 2 / 3
 NO_HANG = 5.0  # a generous bound for "answered at once, not after a timeout"
-LOGIN_TIMEOUT = 120.0
-
-
-# ---- set-up ---------------------------------------------------------------------------------------------
-
-
-def configure(env: Env, mcp: McpServer) -> None:
-    env.write_config(
-        {NAME: {"url": mcp.url, "auth": {"type": "oauth", "oauth21": {}, "allowInsecureLoopback": True}}}
-    )
-
-
-def log_in(env: Env, browser_env: BrowserEnvFactory) -> None:
-    """`ncp-broker login srv`, approved by the fixtures' HTTP browser driver."""
-    login = env.run("ncp-broker", "login", NAME, extra_env=dict(browser_env()), timeout=LOGIN_TIMEOUT)
-    assert login.returncode == 0, login.stderr
 
 
 @pytest.fixture
-def servers(oidc_server: OidcServerFactory, mcp_server: McpServerFactory) -> tuple[OidcServer, McpServer]:
-    oidc = oidc_server(access_token_ttl=TTL)
-    return oidc, mcp_server(oidc, json_response=True)
-
-
-@dataclass
-class Broker:
-    """The daemon under test (replaced when a test restarts it) and when its login started (wall clock)."""
-
-    env: Env
-    daemon: Daemon
-    logged_in_at: float = 0.0
-
-    def kill(self) -> None:
-        """SIGKILL: no clean-up, no last save."""
-        self.daemon.proc.kill()
-        self.daemon.proc.wait(10)
-
-    def restart(self) -> None:
-        self.daemon = start_daemon(self.env)
-        assert self.daemon.proc.poll() is None, self.daemon.log_text()
-
-
-@pytest.fixture
-def broker(
-    env: Env, servers: tuple[OidcServer, McpServer], browser_env: BrowserEnvFactory
-) -> Iterator[Broker]:
-    """A daemon serving ``srv``, logged in."""
-    _, mcp = servers
-    configure(env, mcp)
-    running = Broker(env, start_daemon(env))
-    try:
-        running.logged_in_at = time.time()
-        log_in(env, browser_env)
-        yield running
-    finally:
-        running.daemon.stop()
-
-
-def server_status(env: Env) -> dict[str, Any]:
-    """This server's entry in `ncp-broker status --json` (never contains a token)."""
-    out = env.run("ncp-broker", "status", "--json", NAME)
-    assert out.returncode == 0, out.stderr
-    entry: dict[str, Any] = json.loads(out.stdout)["servers"][0]
-    return entry
-
-
-def quick_status(env: Env) -> dict[str, Any]:
-    """The same entry straight over the socket: a millisecond, not a Python start-up."""
-    answer = ncp_client.call({"op": "status", "server": NAME}, socket_path=env.socket, timeout=NO_HANG)
-    entry: dict[str, Any] = answer["servers"][0]
-    return entry
-
-
-def claims(token: str) -> dict[str, Any]:
-    """The JWT access token's claims (not verified here: the MCP server verifies the samples)."""
-    payload = token.split(".")[1]
-    decoded: dict[str, Any] = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-    return decoded
-
-
-def digest(token: str) -> str:
-    """A name for a token in failure messages (tokens themselves are never printed)."""
-    return hashlib.sha256(token.encode()).hexdigest()[:8]
+def broker(stack: StackFactory) -> Stack:
+    """A daemon serving ``srv`` (3-second tokens, strict rotation, MCP answers as JSON), logged in."""
+    return stack(ttl=TTL, json_response=True)
 
 
 # ---- load -----------------------------------------------------------------------------------------------
@@ -273,7 +196,7 @@ def check_tokens(calls: list[Call], oidc: OidcServer, mcp: McpServer) -> list[st
     answered = [(call, call.token) for call in calls if call.token is not None]
     issued: dict[str, tuple[int, float]] = {}  # token -> (iat, first handed out)
     for call, token in answered:
-        c = claims(token)
+        c = jwt_claims(token)
         assert c["iss"] == oidc.issuer
         assert c["aud"] == mcp.url
         # iat is rounded down to a whole second at the server, so its exp can be up to a second before
@@ -305,7 +228,7 @@ def check_samples(samples: list[Sample]) -> None:
     assert samples, "the sampler never got to use a token"
     for sample in samples:
         if sample.status is not None:
-            exp = claims(sample.token)["exp"]
+            exp = jwt_claims(sample.token)["exp"]
             assert sample.status == 401, sample
             assert sample.used_at >= exp, f"the MCP server refused an unexpired token {digest(sample.token)}"
     assert any(s.status is None for s in samples), "the MCP server accepted no sampled token"
@@ -336,13 +259,11 @@ def check_one_chain(stats: dict[str, Any], *, logged_in_at: float, read_at: floa
 STRESS_SECONDS = 15.0
 
 
-def test_t3_t4_many_clients_share_one_refresh_chain(
-    env: Env, servers: tuple[OidcServer, McpServer], broker: Broker
-) -> None:
+def test_t3_t4_many_clients_share_one_refresh_chain(env: Env, broker: Stack) -> None:
     """T3/T4 under load: 8 threads (`ncp_client.get_token`) and 3 loops of `ncp-token` processes across
     ~7 expiries of a 3-second token: every request is answered with the current token of one chain, the
     server sees no replay, and the refresh count follows the 2/3-lifetime schedule."""
-    oidc, mcp = servers
+    oidc, mcp = broker.oidc, broker.mcp
     load = Load(env, mcp.url, limit=STRESS_SECONDS + 30)
     started = time.monotonic()
     load.start()
@@ -366,7 +287,7 @@ def test_t3_t4_many_clients_share_one_refresh_chain(
     assert refreshes >= len(tokens) - 1
     assert len(tokens) >= int(ran / TTL), (len(tokens), ran)
     assert stats["token_requests"]["refresh_token"] == refreshes  # nothing refused, stalled or repeated
-    assert server_status(env)["state"] in ("valid", "refreshing")
+    assert broker.status()["state"] in ("valid", "refreshing")
     log = broker.daemon.log_text()
     leaked = [digest(token) for token in tokens if token in log]
     assert not leaked, "tokens in the daemon's log"
@@ -379,7 +300,7 @@ SAFE_MARGIN = 1.0  # seconds before a due refresh in which no random kill is mad
 OUTAGE_ERRORS = ("BrokerNotRunning", "ProtocolError", "exit 3", "exit 7")
 
 
-def kill_between_refreshes(broker: Broker) -> tuple[float, float]:
+def kill_between_refreshes(broker: Stack) -> tuple[float, float]:
     """SIGKILL the daemon while no refresh is in flight or due within SAFE_MARGIN, and start a new one;
     returns the outage (monotonic start, end).
 
@@ -389,29 +310,28 @@ def kill_between_refreshes(broker: Broker) -> tuple[float, float]:
     grant, whatever the client does. A kill while the request is still unprocessed is survivable, and
     kill_during_refresh makes one deterministically.
     """
-    deadline = time.monotonic() + 10
-    while True:
-        status = quick_status(broker.env)
-        due = status.get("next_refresh")
-        if status["state"] == "valid" and due is not None and due - time.time() > SAFE_MARGIN:
-            break
-        assert time.monotonic() < deadline, status
-        time.sleep(0.02)
+    broker.wait_for_status(
+        f"no refresh in flight or due within {SAFE_MARGIN} s",
+        lambda s: (
+            s["state"] == "valid"
+            and s.get("next_refresh") is not None
+            and s["next_refresh"] - time.time() > SAFE_MARGIN
+        ),
+        10,
+    )
     start = time.monotonic()
     broker.kill()
     broker.restart()
     return start, time.monotonic()
 
 
-def kill_during_refresh(broker: Broker, oidc: OidcServer) -> tuple[float, float]:
+def kill_during_refresh(broker: Stack) -> tuple[float, float]:
     """SIGKILL the daemon while its refresh request is held, unprocessed, at the token endpoint; then the
     server drops that request (the refresh token stays unspent) and a new daemon starts."""
+    oidc = broker.oidc
     oidc.set_token_endpoint("stall", seconds=30, grant_types=["refresh_token"], count=1)
-    deadline = time.monotonic() + TTL + NO_HANG
-    while oidc.stats()["token_stalled"] < 1:
-        assert time.monotonic() < deadline, "no refresh reached the token endpoint"
-        time.sleep(0.05)
-    assert quick_status(broker.env)["state"] == "refreshing"
+    wait_for_stalled_refresh(oidc, TTL + NO_HANG)
+    assert broker.quick_status()["state"] == "refreshing"
     start = time.monotonic()
     broker.kill()
     oidc.set_token_endpoint("ok")  # releases the held request: dropped without being processed
@@ -419,13 +339,11 @@ def kill_during_refresh(broker: Broker, oidc: OidcServer) -> tuple[float, float]
     return start, time.monotonic()
 
 
-def test_t4_grant_survives_kill_9_between_and_during_refreshes(
-    env: Env, servers: tuple[OidcServer, McpServer], broker: Broker
-) -> None:
+def test_t4_grant_survives_kill_9_between_and_during_refreshes(env: Env, broker: Stack) -> None:
     """T4, rule 5: `kill -9` of the daemon at random moments of a run with a refresh every 2 s, and once
     with its refresh request in flight; each time a new daemon continues the chain from the store: no
     login, no replay at the server, and outside the outages every request gets the current token."""
-    oidc, mcp = servers
+    oidc, mcp = broker.oidc, broker.mcp
     rng = random.Random()  # noqa: S311 - when to kill, not a secret
     load = Load(env, mcp.url, threads=4, processes=2, limit=90)
     outages: list[tuple[float, float]] = []
@@ -434,7 +352,7 @@ def test_t4_grant_survives_kill_9_between_and_during_refreshes(
         for _ in range(KILLS):
             time.sleep(REFRESH_INTERVAL + rng.uniform(0, REFRESH_INTERVAL))  # a refresh between kills
             outages.append(kill_between_refreshes(broker))
-        outages.append(kill_during_refresh(broker, oidc))
+        outages.append(kill_during_refresh(broker))
         time.sleep(2 * REFRESH_INTERVAL)  # the last daemon refreshes on its own, twice
     finally:
         load.stop()
@@ -460,7 +378,7 @@ def test_t4_grant_survives_kill_9_between_and_during_refreshes(
     # The held request was counted on arrival but never processed; every other one was.
     assert stats["token_requests"]["refresh_token"] == refreshes + 1
     assert stats["registrations"] == 1
-    assert server_status(env)["state"] in ("valid", "refreshing")
+    assert broker.status()["state"] in ("valid", "refreshing")
 
 
 # ---- c. outage of the authorization server --------------------------------------------------------------
@@ -487,160 +405,124 @@ def expect_unreachable(env: Env) -> None:
     assert took < NO_HANG, f"as_unreachable took {took:.1f} s"
 
 
-def wait_for(env: Env, what: str, ok: Callable[[dict[str, Any]], bool], timeout: float) -> dict[str, Any]:
-    """Poll the server's status until ``ok(entry)``; returns the entry."""
-    deadline = time.monotonic() + timeout
-    while True:
-        entry = quick_status(env)
-        if ok(entry):
-            return entry
-        assert time.monotonic() < deadline, f"{what}: {entry}"
-        time.sleep(0.02)
+def wait_for_stalled_refresh(oidc: OidcServer, timeout: float) -> None:
+    """Wait until a refresh request is held at the token endpoint by the ``stall`` switch."""
+    wait_until(
+        lambda: oidc.stats()["token_stalled"] >= 1,
+        timeout,
+        message=lambda: f"a refresh held at the token endpoint (server stats: {oidc.stats()})",
+    )
 
 
-def start_logged_in(
-    env: Env,
-    oidc_server: OidcServerFactory,
-    mcp_server: McpServerFactory,
-    browser_env: BrowserEnvFactory,
-    ttl: int,
-) -> tuple[OidcServer, McpServer, Daemon]:
-    oidc = oidc_server(access_token_ttl=ttl)
-    mcp = mcp_server(oidc, json_response=True)
-    configure(env, mcp)
-    daemon = start_daemon(env)
-    try:
-        log_in(env, browser_env)
-    except BaseException:
-        daemon.stop()
-        raise
-    return oidc, mcp, daemon
-
-
-def test_t5_rule4_outage_keeps_the_grant_and_answers_at_once(
-    env: Env,
-    oidc_server: OidcServerFactory,
-    mcp_server: McpServerFactory,
-    browser_env: BrowserEnvFactory,
-) -> None:
+def test_t5_rule4_outage_keeps_the_grant_and_answers_at_once(env: Env, stack: StackFactory) -> None:
     """T5, rule 4: while the token endpoint answers 503, and while the server process is gone, the grant
     is kept; the still-valid token is served; past its expiry callers get `as_unreachable` (ncp-token exit
     6) at once, with the status command in the hint; status shows the state, the last error and the retry
     time; when the server is back, a fresh token comes by that retry time, without a login."""
-    oidc, mcp, daemon = start_logged_in(env, oidc_server, mcp_server, browser_env, OUTAGE_TTL)
-    try:
-        first = ncp_client.get_token(NAME, socket_path=env.socket)
-        oidc.set_token_endpoint("503", grant_types=["refresh_token"])
+    broker = stack(ttl=OUTAGE_TTL, json_response=True)
+    oidc, mcp = broker.oidc, broker.mcp
+    first = ncp_client.get_token(NAME, socket_path=env.socket)
+    oidc.set_token_endpoint("503", grant_types=["refresh_token"])
 
-        # 503: the proactive refresh at 4 s fails; the grant is kept and the valid token served.
-        wait_for(env, "a failed refresh", lambda s: s.get("last_error_class") == "transient", OUTAGE_TTL)
-        answer, took = timed_get_token(env)
-        same = answer == first
-        assert same, "not the valid token"
-        assert took < NO_HANG
-        served = env.run("ncp-token", NAME)
-        assert served.returncode == 0, served.stderr
-        same = served.stdout.strip() == first
-        assert same, "ncp-token printed another token"
-        status = server_status(env)
-        assert status["state"] == "as_unreachable", status
-        assert status["retry_at"] > time.time() - NO_HANG
-        assert "503" in status["last_error"], status["last_error"]
+    # 503: the proactive refresh at 4 s fails; the grant is kept and the valid token served.
+    broker.wait_for_status("a failed refresh", lambda s: s.get("last_error_class") == "transient", OUTAGE_TTL)
+    answer, took = timed_get_token(env)
+    same = answer == first
+    assert same, "not the valid token"
+    assert took < NO_HANG
+    served = env.run("ncp-token", NAME)
+    assert served.returncode == 0, served.stderr
+    same = served.stdout.strip() == first
+    assert same, "ncp-token printed another token"
+    status = broker.status()
+    assert status["state"] == "as_unreachable", status
+    assert status["retry_at"] > time.time() - NO_HANG
+    assert "503" in status["last_error"], status["last_error"]
 
-        # Past expiry: as_unreachable at once, from the library and from ncp-token.
-        time.sleep(max(0.0, status["expires_at"] - time.time()) + 0.2)
+    # Past expiry: as_unreachable at once, from the library and from ncp-token.
+    sleep_past(status["expires_at"], 0.2)
+    expect_unreachable(env)
+    refused = env.run("ncp-token", NAME)
+    assert refused.returncode == 6, refused.stderr
+    assert f"ncp-broker status {NAME}" in refused.stderr
+    status = broker.status()
+    assert status["state"] in ("as_unreachable", "refreshing"), status
+    assert status["last_error_class"] == "transient"
+    assert "retry_at" in status
+
+    # The server process is gone: connections refused.
+    oidc.stop()
+    for _ in range(3):
         expect_unreachable(env)
-        refused = env.run("ncp-token", NAME)
-        assert refused.returncode == 6, refused.stderr
-        assert f"ncp-broker status {NAME}" in refused.stderr
-        status = server_status(env)
-        assert status["state"] in ("as_unreachable", "refreshing"), status
-        assert status["last_error_class"] == "transient"
-        assert "retry_at" in status
+        time.sleep(0.3)
+    gone = env.run("ncp-token", NAME)
+    assert gone.returncode == 6, gone.stderr
+    assert broker.status()["state"] in ("as_unreachable", "refreshing")
 
-        # The server process is gone: connections refused.
-        oidc.stop()
-        for _ in range(3):
-            expect_unreachable(env)
-            time.sleep(0.3)
-        gone = env.run("ncp-token", NAME)
-        assert gone.returncode == 6, gone.stderr
-        assert server_status(env)["state"] in ("as_unreachable", "refreshing")
+    # Back (same issuer, grants persisted): a fresh token by the announced retry time, no login.
+    oidc.start()
+    retry_at = broker.quick_status().get("retry_at") or time.time()
 
-        # Back (same issuer, grants persisted): a fresh token by the announced retry time, no login.
-        oidc.start()
-        retry_at = quick_status(env).get("retry_at") or time.time()
-        deadline = max(retry_at, time.time()) + NO_HANG
-        while True:
-            back, took = timed_get_token(env)
-            assert took < NO_HANG
-            if isinstance(back, str):
-                break
-            assert isinstance(back, ncp_client.AuthServerUnreachable), back
-            assert time.time() < deadline, f"no token by the retry time: {quick_status(env)}"
-            time.sleep(0.2)
-        fresh = back != first
-        assert fresh, "the expired token again"
-        stats = oidc.stats()  # the counters restarted with the process
-        assert stats["token_success"].get("refresh_token") == 1
-        assert stats["replay_detected"] == 0
-        assert "authorization_code" not in stats["token_requests"]
-        with httpx.Client(timeout=10, trust_env=False) as http:
-            session = McpSession(http, mcp.url, back)
-            session.initialize()
-            assert session.request("tools/list")["tools"]
-        status = server_status(env)
-        assert status["state"] == "valid", status
-        assert status["last_error"] is None
-        assert status.get("retry_at") is None
-    finally:
-        daemon.stop()
+    def fresh_token() -> str | None:
+        got, took = timed_get_token(env)
+        assert took < NO_HANG
+        if isinstance(got, str):
+            return got
+        assert isinstance(got, ncp_client.AuthServerUnreachable), got
+        return None
+
+    back = wait_until(
+        fresh_token,
+        max(0.0, retry_at - time.time()) + NO_HANG,
+        interval=0.2,
+        message=lambda: f"a token by the retry time (status: {broker.quick_status()})",
+    )
+    fresh = back != first
+    assert fresh, "the expired token again"
+    stats = oidc.stats()  # the counters restarted with the process
+    assert stats["token_success"].get("refresh_token") == 1
+    assert stats["replay_detected"] == 0
+    assert "authorization_code" not in stats["token_requests"]
+    assert tool_names(mcp.url, back)
+    status = broker.status()
+    assert status["state"] == "valid", status
+    assert status["last_error"] is None
+    assert status.get("retry_at") is None
 
 
-def test_rule4_stalled_token_endpoint_does_not_hold_callers(
-    env: Env,
-    oidc_server: OidcServerFactory,
-    mcp_server: McpServerFactory,
-    browser_env: BrowserEnvFactory,
-) -> None:
+def test_rule4_stalled_token_endpoint_does_not_hold_callers(env: Env, stack: StackFactory) -> None:
     """Rule 4, T5: while a refresh request hangs at the token endpoint, a caller is served the still-valid
     token at once (and never one that has expired meanwhile), and after its expiry is told
     `as_unreachable` at once."""
-    oidc, _, daemon = start_logged_in(env, oidc_server, mcp_server, browser_env, OUTAGE_TTL)
-    try:
-        first = ncp_client.get_token(NAME, socket_path=env.socket)
-        oidc.set_token_endpoint("stall", seconds=60, grant_types=["refresh_token"])
-        deadline = time.monotonic() + OUTAGE_TTL + NO_HANG
-        while oidc.stats()["token_stalled"] < 1:  # the proactive refresh at 4 s is held
-            assert time.monotonic() < deadline, "no refresh reached the token endpoint"
-            time.sleep(0.05)
-        start = time.monotonic()
-        answer = ncp_client.call({"op": "get_token", "server": NAME}, socket_path=env.socket)
-        took = time.monotonic() - start
-        same = answer["token"] == first
-        assert same, "not the valid token"
-        assert took < NO_HANG
-        time.sleep(max(0.0, claims(first)["exp"] + 1 - time.time()))
-        expect_unreachable(env)
-        assert answer["expires_in"] > 0, "the token came back expired"
-    finally:
-        daemon.stop()
+    oidc = stack(ttl=OUTAGE_TTL, json_response=True).oidc
+    first = ncp_client.get_token(NAME, socket_path=env.socket)
+    oidc.set_token_endpoint("stall", seconds=60, grant_types=["refresh_token"])
+    wait_for_stalled_refresh(oidc, OUTAGE_TTL + NO_HANG)  # the proactive refresh at 4 s is held
+    start = time.monotonic()
+    answer = ncp_client.call({"op": "get_token", "server": NAME}, socket_path=env.socket)
+    took = time.monotonic() - start
+    same = answer["token"] == first
+    assert same, "not the valid token"
+    assert took < NO_HANG
+    sleep_past(jwt_claims(first)["exp"], 1)
+    expect_unreachable(env)
+    assert answer["expires_in"] > 0, "the token came back expired"
 
 
 # ---- d. invalid_grant -----------------------------------------------------------------------------------
 
 
 def test_t5_invalid_grant_needs_login_then_one_authorization_for_every_waiting_caller(
-    env: Env, servers: tuple[OidcServer, McpServer], broker: Broker, browser_env: BrowserEnvFactory
+    env: Env, broker: Stack
 ) -> None:
     """T5: a grant the server revoked ends at the next refresh: `needs_login` naming the command (exit 5
     from ncp-token), status `needs_login`; then two `ncp-broker login`, an `ncp-token` on a terminal and a
     library `login` waiting at once share one authorization, and all get a token."""
-    oidc, mcp = servers
+    oidc, mcp = broker.oidc, broker.mcp
     first = ncp_client.get_token(NAME, socket_path=env.socket)
     revoked_at = time.time()
     assert oidc.revoke_all() == 1
-    time.sleep(max(0.0, claims(first)["exp"] - time.time()) + 0.5)
+    sleep_past(jwt_claims(first)["exp"], 0.5)
 
     with pytest.raises(ncp_client.NeedsLogin) as ended:
         ncp_client.get_token(NAME, socket_path=env.socket)
@@ -649,14 +531,14 @@ def test_t5_invalid_grant_needs_login_then_one_authorization_for_every_waiting_c
     refused = env.run("ncp-token", NAME)
     assert refused.returncode == 5
     assert f"ncp-broker login {NAME}" in refused.stderr
-    status = server_status(env)
+    status = broker.status()
     assert status["state"] == "needs_login", status
     assert status["last_error_class"] == "grant_ended"
     assert status["hint"] == f"ncp-broker login {NAME}"
     before = oidc.stats()
     assert before["replay_detected"] == 0
 
-    browser = dict(browser_env())
+    browser = dict(broker.browser_env())
     results: list[str | BaseException] = []
 
     def library_login() -> None:
@@ -667,22 +549,14 @@ def test_t5_invalid_grant_needs_login_then_one_authorization_for_every_waiting_c
 
     waiter = threading.Thread(target=library_login, daemon=True)
     waiter.start()
-    wait_for(env, "the library's login", lambda s: s["state"] == "login_pending", NO_HANG * 2)
+    broker.wait_for_status("the library's login", lambda s: s["state"] == "login_pending", NO_HANG * 2)
     master, slave = pty.openpty()
-    argv = [sys.executable, "-m"]
     procs = [
-        subprocess.Popen(
-            [*argv, *command],
-            env={**env.vars, **browser},
-            stdin=stdin,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        env.spawn(*command, extra_env=browser, stdin=stdin)
         for command, stdin in (
-            (["brokerd", "login", NAME], subprocess.DEVNULL),
-            (["brokerd", "login", NAME], subprocess.DEVNULL),
-            (["ncp_client._cli", NAME], slave),
+            (["ncp-broker", "login", NAME], subprocess.DEVNULL),
+            (["ncp-broker", "login", NAME], subprocess.DEVNULL),
+            (["ncp-token", NAME], slave),
         )
     ]
     os.close(slave)
@@ -700,12 +574,9 @@ def test_t5_invalid_grant_needs_login_then_one_authorization_for_every_waiting_c
     assert isinstance(results[0], str), results[0]
     new = ncp_client.get_token(NAME, socket_path=env.socket)
     for token in (outputs[2][0].strip(), results[0], new):
-        issued_at = claims(token)["iat"]
+        issued_at = jwt_claims(token)["iat"]
         assert issued_at >= int(revoked_at), "a token of the revoked grant"
     after = oidc.stats()
     assert after["token_requests"]["authorization_code"] - before["token_requests"]["authorization_code"] == 1
     assert after["replay_detected"] == 0
-    with httpx.Client(timeout=10, trust_env=False) as http:
-        session = McpSession(http, mcp.url, new)
-        session.initialize()
-        assert session.request("tools/list")["tools"]
+    assert tool_names(mcp.url, new)

@@ -19,7 +19,7 @@ import pytest
 
 import ncp_client
 from tests import secret_scan
-from tests.conftest import Env, start_daemon
+from tests.harness import Env, oauth_entry, start_daemon, wait_until
 
 if TYPE_CHECKING:
     from tests.servers.fixtures import BrowserEnvFactory, McpServerFactory, OidcServerFactory
@@ -29,7 +29,6 @@ pytestmark = pytest.mark.integration
 ACCESS_KEY = "hygiene-access-key-5b0e7c21"
 CLIENT_ID = "hygiene-static-client"
 CLIENT_SECRET = "hygiene-client-secret-9f3a64d8"
-LOOPBACK = {"allowInsecureLoopback": True}
 
 
 def test_scanner_names_place_and_kind_never_the_value(tmp_path: Path) -> None:
@@ -72,15 +71,8 @@ def test_no_secret_of_a_full_flow_reaches_a_log_status_or_error(
     dynamic, static = mcp_server(oidc), mcp_server(oidc)
     env.write_config(
         {
-            "dyn": {"url": dynamic.url, "auth": {"type": "oauth", "oauth21": {}, **LOOPBACK}},
-            "static": {
-                "url": static.url,
-                "auth": {
-                    "type": "oauth",
-                    "oauth21": {"clientId": CLIENT_ID, "clientSecret": CLIENT_SECRET},
-                    **LOOPBACK,
-                },
-            },
+            "dyn": oauth_entry(dynamic.url),
+            "static": oauth_entry(static.url, clientId=CLIENT_ID, clientSecret=CLIENT_SECRET),
         }
     )
     texts: list[tuple[str, str]] = []  # (where, text): every CLI output and exception text of the flow
@@ -125,10 +117,17 @@ def test_no_secret_of_a_full_flow_reaches_a_log_status_or_error(
         broker_error(ncp_client.call, {"op": "token_rejected", "server": "dyn", "token": [current]})
         broker_error(ncp_client.token_rejected, "nope", current)
         oidc.set_token_endpoint("error", error="invalid_grant", grant_types=["refresh_token"])
-        deadline = time.monotonic() + 15
-        while not isinstance(error := _refresh_error(env), ncp_client.NeedsLogin):
-            assert time.monotonic() < deadline, "the refused refresh never ended the grant"
-            time.sleep(0.2)
+
+        def grant_ended() -> ncp_client.NeedsLogin | None:
+            error = _refresh_error(env)
+            return error if isinstance(error, ncp_client.NeedsLogin) else None
+
+        error = wait_until(
+            grant_ended,
+            15,
+            interval=0.2,
+            message="the refused refresh to end the grant (needs_login)",
+        )
         texts.append(("exception", str(error)))
         assert run("ncp-token", "dyn").returncode == 5
         run("ncp-broker", "status", "dyn")

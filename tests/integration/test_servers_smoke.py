@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import os
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
@@ -18,6 +20,7 @@ import httpx
 import jwt
 import pytest
 
+from tests.harness import tool_names, wait_until
 from tests.servers.helpers import CallbackCatcher, McpError, McpSession, parse_www_authenticate, pkce_pair
 
 if TYPE_CHECKING:
@@ -142,7 +145,13 @@ def _login(
 
 
 def _refresh(
-    http: httpx.Client, oidc: OidcServer, mcp: McpServer, client_id: str, refresh_token: str
+    http: httpx.Client,
+    oidc: OidcServer,
+    mcp: McpServer,
+    client_id: str,
+    refresh_token: str,
+    *,
+    timeout: float = 10.0,
 ) -> httpx.Response:
     return http.post(
         oidc.metadata()["token_endpoint"],
@@ -152,13 +161,8 @@ def _refresh(
             "client_id": client_id,
             "resource": mcp.url,
         },
+        timeout=timeout,
     )
-
-
-def _tool_names(http: httpx.Client, mcp: McpServer, token: str) -> list[str]:
-    session = McpSession(http, mcp.url, token)
-    session.initialize()
-    return [tool["name"] for tool in session.request("tools/list")["tools"]]
 
 
 def test_discovery_chain(
@@ -206,7 +210,7 @@ def test_login_refresh_rotation_and_replay(
     assert claims["sub"] == "alice"
     assert claims["scope"] == "mcp:read"
     assert "refresh_token" in tokens
-    assert "admin_action" in _tool_names(http, mcp, tokens["access_token"])
+    assert "admin_action" in tool_names(mcp.url, tokens["access_token"])
     log = browser.log_text()
     assert "code=%3Ccode%3E" in log or "code=<code>" in log
     assert tokens["access_token"] not in log
@@ -367,7 +371,7 @@ def test_short_access_token_ttl(
     oidc.set_ttl(access_token=30)
     refreshed = _refresh(http, oidc, mcp, client_id, tokens["refresh_token"]).json()
     assert refreshed["expires_in"] == 30
-    assert "echo" in _tool_names(http, mcp, refreshed["access_token"])
+    assert "echo" in tool_names(mcp.url, refreshed["access_token"])
 
 
 def _device_login(
@@ -386,14 +390,15 @@ def _device_login(
 
     _open_browser(browser, device["verification_uri_complete"])
     browser.wait_for_log("end ok=", timeout=WAIT)
-    deadline = time.monotonic() + WAIT
-    while True:
+
+    def answered() -> httpx.Response | None:
         polled = http.post(metadata["token_endpoint"], data=poll)
-        if polled.status_code == 200 or time.monotonic() > deadline:
-            return polled
-        if polled.json()["error"] != "authorization_pending":
-            return polled
-        time.sleep(device.get("interval", 1))
+        pending = polled.status_code != 200 and polled.json()["error"] == "authorization_pending"
+        return None if pending else polled
+
+    return wait_until(
+        answered, WAIT, interval=device.get("interval", 1), message="the device grant to end (still pending)"
+    )
 
 
 def test_device_flow(
@@ -413,7 +418,7 @@ def test_device_flow(
     tokens = polled.json()
     assert jwt.decode(tokens["access_token"], options={"verify_signature": False})["aud"] == mcp.url
     assert "refresh_token" in tokens
-    assert "echo" in _tool_names(http, mcp, tokens["access_token"])
+    assert "echo" in tool_names(mcp.url, tokens["access_token"])
     assert oidc.stats()["token_success"] == {"device_code": 1}
 
 
@@ -469,7 +474,7 @@ def test_token_endpoint_switch_and_restart(
     assert oidc.issuer == issuer
     refreshed = _refresh(http, oidc, mcp, client_id, refresh_token)
     assert refreshed.status_code == 200, refreshed.text
-    assert "echo" in _tool_names(http, mcp, refreshed.json()["access_token"])
+    assert "echo" in tool_names(mcp.url, refreshed.json()["access_token"])
     stats = oidc.stats()  # counters restart with the process
     assert stats["token_requests"] == {"refresh_token": 1}
 
@@ -478,6 +483,212 @@ def test_token_endpoint_switch_and_restart(
         _refresh(http, oidc, mcp, client_id, refreshed.json()["refresh_token"]).json()["error"]
         == "invalid_grant"
     )
+
+
+# ---- the token endpoint switch, mode by mode: each checked against the server's own counters ----------
+
+
+@dataclass
+class Grant:
+    """A logged-in client of a fresh authorization server, its counters zeroed after the login."""
+
+    http: httpx.Client
+    oidc: OidcServer
+    mcp: McpServer
+    client_id: str
+    refresh_token: str = field(repr=False)
+
+    def refresh(self, refresh_token: str | None = None, *, timeout: float = 10.0) -> httpx.Response:
+        """POST a refresh of ``refresh_token`` (default: the login's) and return the answer."""
+        token = refresh_token or self.refresh_token
+        return _refresh(self.http, self.oidc, self.mcp, self.client_id, token, timeout=timeout)
+
+    def still_unspent(self) -> None:
+        """The login's refresh token still works: the switch left the grant as it was."""
+        again = self.refresh()
+        assert again.status_code == 200, again.text
+        stats = self.oidc.stats()
+        assert stats["refresh_tokens_consumed"] == 1  # by this refresh, not before
+        assert stats["replay_detected"] == 0
+
+
+@dataclass
+class Answer:
+    """What a refresh sent in a thread got, and when (monotonic)."""
+
+    sent_at: float
+    response: httpx.Response | None = None
+    error: Exception | None = None
+    answered_at: float | None = None
+
+
+def _refresh_in_thread(grant: Grant, *, timeout: float = 30.0) -> tuple[threading.Thread, Answer]:
+    answer = Answer(sent_at=time.monotonic())
+
+    def run() -> None:
+        try:
+            answer.response = grant.refresh(timeout=timeout)
+        except httpx.HTTPError as exc:
+            answer.error = exc
+        answer.answered_at = time.monotonic()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, answer
+
+
+def _events(oidc: OidcServer, name: str) -> list[dict[str, Any]]:
+    return [e for e in oidc.events() if e["event"] == name]
+
+
+@pytest.fixture
+def grant(
+    http: httpx.Client,
+    oidc_server: OidcServerFactory,
+    mcp_server: McpServerFactory,
+    browser_env: BrowserEnvFactory,
+) -> Grant:
+    """A client logged in at a fresh authorization server (code + PKCE), the server's counters zeroed."""
+    oidc = oidc_server()
+    mcp = mcp_server(oidc)
+    client_id = _register(http, oidc)["client_id"]
+    tokens = _login(http, oidc, mcp, browser_env(), client_id=client_id)
+    oidc.reset_stats()
+    return Grant(http, oidc, mcp, client_id, tokens["refresh_token"])
+
+
+def test_switch_503_answers_503_with_retry_after_unprocessed(grant: Grant) -> None:
+    """Mode 503: HTTP 503 with the configured Retry-After and temporarily_unavailable; nothing spent."""
+    grant.oidc.set_token_endpoint("503", retry_after=7, grant_types=["refresh_token"], count=1)
+    answer = grant.refresh()
+    assert answer.status_code == 503
+    assert answer.headers["retry-after"] == "7"
+    assert answer.json()["error"] == "temporarily_unavailable"
+    stats = grant.oidc.stats()
+    assert stats["token_503"] == 1
+    assert stats["token_requests"] == {"refresh_token": 1}
+    assert stats["refresh_tokens_consumed"] == 0
+    assert stats["token_success"] == {}
+    grant.still_unspent()  # count=1: the next request is processed
+
+
+def test_switch_error_answers_the_oauth_error_unprocessed(grant: Grant) -> None:
+    """Mode error: the given status and OAuth error (even invalid_grant), and the grant is untouched."""
+    grant.oidc.set_token_endpoint("error", error="invalid_grant", status=400, count=1)
+    answer = grant.refresh()
+    assert answer.status_code == 400
+    assert answer.json()["error"] == "invalid_grant"
+    stats = grant.oidc.stats()
+    assert stats["token_injected_errors"] == 1
+    assert stats["token_errors"] == {}  # not oidc-provider's own refusal
+    assert stats["refresh_tokens_consumed"] == 0
+    grant.still_unspent()
+
+
+def test_switch_stall_holds_without_answering_then_drops_unprocessed(grant: Grant) -> None:
+    """Mode stall: no answer while held (the client times out); after `seconds` the connection is closed
+    without processing; setting a mode releases a held request the same way."""
+    grant.oidc.set_token_endpoint("stall", seconds=1, count=1)
+    started = time.monotonic()
+    with pytest.raises(httpx.RemoteProtocolError):  # the server hung up without a response
+        grant.refresh()
+    assert time.monotonic() - started >= 1
+    stats = grant.oidc.stats()
+    assert (stats["token_stalled"], stats["token_dropped"]) == (1, 1)
+    assert stats["refresh_tokens_consumed"] == 0
+
+    grant.oidc.set_token_endpoint("stall", seconds=60, count=1)
+    with pytest.raises(httpx.ReadTimeout):
+        grant.refresh(timeout=0.5)
+    assert grant.oidc.stats()["token_dropped"] == 1  # still held
+    grant.oidc.set_token_endpoint("ok")  # releases it: dropped, unprocessed
+    wait_until(lambda: grant.oidc.stats()["token_dropped"] == 2, WAIT, message="the released stall's drop")
+    assert grant.oidc.stats()["refresh_tokens_consumed"] == 0
+    grant.still_unspent()
+
+
+def test_switch_stall_then_proceed_processes_after_the_hold(grant: Grant) -> None:
+    """Mode stall with then=proceed: a held request is processed when released, also when the release is
+    a new mode (it keeps the `then` it arrived under)."""
+    grant.oidc.set_token_endpoint("stall", seconds=60, then="proceed", count=1)
+    thread, answer = _refresh_in_thread(grant)
+    wait_until(lambda: grant.oidc.stats()["token_stalled"] == 1, WAIT, message="the refresh to be held")
+    assert answer.answered_at is None
+    assert grant.oidc.stats()["refresh_tokens_consumed"] == 0  # held before processing
+    grant.oidc.set_token_endpoint("ok")
+    thread.join(WAIT)
+    assert answer.response is not None, answer.error
+    assert answer.response.status_code == 200, answer.response.text
+    stats = grant.oidc.stats()
+    assert stats["refresh_tokens_consumed"] == 1
+    assert stats["token_dropped"] == 0
+
+
+def test_switch_drop_closes_at_once_unprocessed(grant: Grant) -> None:
+    """Mode drop: the connection is closed without an answer and without processing; nothing spent."""
+    grant.oidc.set_token_endpoint("drop", grant_types=["refresh_token"], count=1)
+    with pytest.raises(httpx.RemoteProtocolError):
+        grant.refresh()
+    stats = grant.oidc.stats()
+    assert stats["token_dropped"] == 1
+    assert stats["token_stalled"] == 0
+    assert stats["refresh_tokens_consumed"] == 0
+    assert stats["token_success"] == {}
+    grant.still_unspent()
+
+
+def test_switch_late_rotates_at_once_and_answers_seconds_later(grant: Grant) -> None:
+    """Mode late: the refresh is processed on arrival (the refresh token is consumed while the client still
+    waits) and the answer, with the new tokens, arrives no sooner than `seconds` later."""
+    late = 2.0
+    grant.oidc.set_token_endpoint("late", seconds=late, grant_types=["refresh_token"], count=1)
+    thread, answer = _refresh_in_thread(grant)
+    thread.join(WAIT)
+    assert answer.response is not None, answer.error
+    assert answer.response.status_code == 200, answer.response.text
+    assert answer.answered_at is not None
+    assert answer.answered_at - answer.sent_at >= late
+    stats = grant.oidc.stats()
+    assert (stats["token_late"], stats["refresh_tokens_consumed"]) == (1, 1)
+    assert stats["token_success"] == {"refresh_token": 1}
+    # By the server's clock: rotated first, answer written `late` seconds after processing.
+    (consumed,) = _events(grant.oidc, "refresh_token.consumed")
+    (held,) = _events(grant.oidc, "token_endpoint.late")
+    (written,) = _events(grant.oidc, "token_endpoint.answered")
+    assert consumed["t"] <= held["t"] <= written["t"] - late + 0.01  # ms timestamps
+    new = answer.response.json()["refresh_token"]
+    assert new != grant.refresh_token
+    assert grant.refresh(new).status_code == 200  # the late answer carried the live refresh token
+
+
+def test_switch_lose_rotates_then_closes_without_the_answer(grant: Grant) -> None:
+    """Mode lose: the refresh is processed (the token rotates) and the connection closed without the
+    answer; the client can only present the spent token, which a strict-rotation server calls a replay."""
+    grant.oidc.set_token_endpoint("lose", grant_types=["refresh_token"], count=1)
+    with pytest.raises(httpx.RemoteProtocolError):
+        grant.refresh()
+    stats = grant.oidc.stats()
+    assert stats["token_lost"] == 1
+    assert stats["refresh_tokens_consumed"] == 1
+    assert stats["token_success"] == {"refresh_token": 1}
+    replay = grant.refresh()
+    assert replay.status_code == 400
+    assert replay.json()["error"] == "invalid_grant"
+    stats = grant.oidc.stats()
+    assert stats["replay_detected"] == 1
+    assert stats["grants_revoked"] == 1
+
+
+def test_switch_refuses_an_unknown_mode(http: httpx.Client, oidc_server: OidcServerFactory) -> None:
+    """An unknown mode is refused with 400 naming the modes, and the switch is left as it was."""
+    oidc = oidc_server()
+    oidc.set_token_endpoint("503")
+    with pytest.raises(httpx.HTTPStatusError) as refused:
+        oidc.set_token_endpoint("sometimes")
+    assert refused.value.response.status_code == 400
+    assert "late" in refused.value.response.json()["modes"]
+    answer = http.post(oidc.metadata()["token_endpoint"], data={"grant_type": "refresh_token"})
+    assert answer.status_code == 503
 
 
 def test_chromium_driver(
@@ -495,7 +706,7 @@ def test_chromium_driver(
     mcp = mcp_server(oidc)
     client_id = _register(http, oidc)["client_id"]
     tokens = _login(http, oidc, mcp, browser_env(driver="chromium"), client_id=client_id)
-    assert "echo" in _tool_names(http, mcp, tokens["access_token"])
+    assert "echo" in tool_names(mcp.url, tokens["access_token"])
     denied = _authorize(oidc, mcp, browser_env(driver="chromium", action="deny"), client_id, "mcp:read")
     assert denied["error"] == "access_denied"
     polled = _device_login(http, oidc, mcp, browser_env(driver="chromium"), client_id)

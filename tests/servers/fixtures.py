@@ -15,6 +15,7 @@ test when node/npm are not on PATH.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -24,13 +25,14 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+
+from tests.harness.waiting import WaitTimeout, wait_until
 
 __all__ = [
     "SERVERS_DIR",
@@ -169,18 +171,22 @@ class ServerProcess:
                 cwd=self.cwd,
                 start_new_session=True,
             )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        popen = self._popen
+
+        def ready_or_exited() -> tuple[dict[str, Any] | None, int | None] | None:
             with open(self.stdout_path, "rb") as out:
                 out.seek(offset)
                 line = out.readline()
             if line.endswith(b"\n"):
-                ready: dict[str, Any] = json.loads(line)
+                return json.loads(line), None
+            code = popen.poll()
+            return None if code is None else (None, code)
+
+        with contextlib.suppress(WaitTimeout):
+            ready, _ = wait_until(ready_or_exited, timeout, message=f"{self.name}'s ready line")
+            if ready is not None:
                 return ready
-            if self._popen.poll() is not None:
-                break
-            time.sleep(0.05)
-        code = self._popen.poll()
+        code = popen.poll()
         self.stop()
         raise _NotReady(
             f"{self.name} did not become ready within {timeout}s (exit code {code}); stderr tail:\n"
@@ -257,7 +263,8 @@ class OidcServer:
             return response.json()
 
     def stats(self) -> dict[str, Any]:
-        """Counters: token_requests/token_success by grant type, replay_detected, grants_revoked, …"""
+        """Counters: token_requests/token_success by grant type, replay_detected, grants_revoked, what
+        the token endpoint switch did (token_503, token_stalled, token_dropped, token_late, …), …"""
         result: dict[str, Any] = self._get("/__admin/stats")
         return result
 
@@ -277,13 +284,23 @@ class OidcServer:
         then: str = "drop",
         error: str = "temporarily_unavailable",
         status: int = 400,
+        retry_after: int = 1,
         grant_types: Sequence[str] | None = None,
         count: int | None = None,
     ) -> None:
-        """Break the token endpoint: mode "503", "stall" (hold the request `seconds`, then `then`="drop"
-        the connection unprocessed or "proceed" normally), "error" (answer `status` with OAuth `error`),
-        or "ok". Only for `grant_types` (short names: refresh_token, authorization_code, device_code) if
-        given, and only for the next `count` matching requests if given. Setting a mode releases stalls.
+        """Break the token endpoint (docs/testing-servers.md has the table).
+
+        Unprocessed, the grant unspent: "503" (with `Retry-After: retry_after`), "error" (answer `status`
+        with the OAuth `error`), "stall" (hold the request `seconds`, then `then`="drop" the connection or
+        "proceed" to process it normally), "drop" (close the connection at once). Processed, a refresh
+        token rotated: "late" (hold the answer `seconds`, then send it), "lose" (close the connection
+        without the answer). "ok" ends the switch. Only for `grant_types` (short names: refresh_token,
+        authorization_code, device_code) if given, and only for the next `count` matching requests if
+        given. Setting a mode releases whatever is held (a stall goes on with its `then`, a late answer is
+        sent).
+
+        Raises:
+            httpx.HTTPStatusError: an unknown mode or `then` (the server answers 400).
         """
         self._admin(
             "token_endpoint",
@@ -293,6 +310,7 @@ class OidcServer:
                 "then": then,
                 "error": error,
                 "status": status,
+                "retry_after": retry_after,
                 "grant_types": list(grant_types) if grant_types is not None else None,
                 "count": count,
             },
@@ -506,14 +524,13 @@ class BrowserEnv(dict[str, str]):
         return self.log_path.read_text() if self.log_path.exists() else ""
 
     def wait_for_log(self, text: str, timeout: float = 30.0) -> str:
-        """Wait until `text` appears in the driver's log; TimeoutError with the log otherwise."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            log = self.log_text()
-            if text in log:
-                return log
-            time.sleep(0.05)
-        raise TimeoutError(f"{text!r} not in browser log within {timeout}s:\n{self.log_text()}")
+        """Wait until `text` appears in the driver's log and return the log; WaitTimeout (an
+        AssertionError) with the log otherwise."""
+        return wait_until(
+            lambda: log if text in (log := self.log_text()) else "",
+            timeout,
+            message=lambda: f"{text!r} in the browser log:\n{self.log_text()}",
+        )
 
 
 BrowserEnvFactory = Callable[..., BrowserEnv]

@@ -86,8 +86,11 @@ function freshStats() {
     token_success: {},       // by grant type
     token_errors: {},        // by OAuth error code
     token_503: 0,            // answered 503 by the admin switch
-    token_stalled: 0,        // held by the admin switch
+    token_stalled: 0,        // held by the admin switch (stall), before processing
     token_injected_errors: 0, // answered with an injected OAuth error by the admin switch
+    token_dropped: 0,        // connection closed unprocessed by the switch (drop, or a stall ending in drop)
+    token_late: 0,           // processed at once, answer held by the switch (late)
+    token_lost: 0,           // processed, then the connection closed without the answer (lose)
     replay_detected: 0,      // a consumed refresh token was presented again
     grants_revoked: 0,       // grant.revoked events (replay, revocation endpoint) plus admin revoke_all
     refresh_tokens_consumed: 0,
@@ -544,38 +547,48 @@ function registerExtensionGrants(provider, secrets) {
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// Admin switch for the token endpoint: ok | 503 | stall | error, optionally for some grant types only and
-// for a limited number of requests.
+// Admin switch for the token endpoint, optionally for some grant types only and for a limited number of
+// requests. Before processing: 503 (with Retry-After) | error (an OAuth error) | stall (hold, then drop or
+// proceed) | drop (close at once). After processing (the grant is already spent, a refresh token rotated):
+// late (hold the answer, then send it) | lose (close without the answer). ok: no switch.
+
+const SWITCH_MODES = ['ok', '503', 'error', 'stall', 'drop', 'late', 'lose'];
 
 let tokenSwitch = { mode: 'ok' };
 let releaseStalls = [];
 
 function setTokenSwitch(body) {
   const mode = body.mode ?? 'ok';
-  if (!['ok', '503', 'stall', 'error'].includes(mode)) throw new Error(`unknown mode ${mode}`);
+  if (!SWITCH_MODES.includes(mode)) throw new Error(`unknown mode ${mode}`);
+  const then = body.then ?? 'drop';
+  if (!['drop', 'proceed'].includes(then)) throw new Error(`unknown then ${then}`);
   for (const release of releaseStalls) release();
   releaseStalls = [];
   tokenSwitch = {
     mode,
     seconds: Number(body.seconds ?? 30),
-    then: body.then ?? 'drop',
+    then,
     error: body.error ?? 'temporarily_unavailable',
     status: Number(body.status ?? 400),
+    retryAfter: String(body.retry_after ?? 1),
     grantTypes: body.grant_types ?? null,
     remaining: body.count ?? null,
   };
 }
 
-function switchApplies(grantType) {
-  if (tokenSwitch.mode === 'ok') return false;
-  if (tokenSwitch.grantTypes && !tokenSwitch.grantTypes.includes(grantType)) return false;
+// The switch as it stands for this request, or null. A copy: a request keeps the mode it arrived under,
+// also when a test sets another mode while it is held.
+function switchFor(grantType) {
+  if (tokenSwitch.mode === 'ok') return null;
+  if (tokenSwitch.grantTypes && !tokenSwitch.grantTypes.includes(grantType)) return null;
   if (tokenSwitch.remaining !== null) {
-    if (tokenSwitch.remaining <= 0) return false;
+    if (tokenSwitch.remaining <= 0) return null;
     tokenSwitch.remaining -= 1;
   }
-  return true;
+  return { ...tokenSwitch };
 }
 
+// Resolves after `seconds`, or as soon as the switch is set again (a test ending an outage).
 function stall(seconds) {
   return new Promise((resolve) => {
     const timer = setTimeout(resolve, seconds * 1000);
@@ -584,6 +597,64 @@ function stall(seconds) {
       resolve();
     });
   });
+}
+
+// Close the connection without a response (the client sees the server hang up).
+function hangUp(ctx) {
+  ctx.respond = false;
+  ctx.req.socket.destroy();
+}
+
+// Before oidc-provider sees the request. Returns true when the switch has answered (or hung up) for it.
+async function switchBeforeProcessing(ctx, active, grantType) {
+  if (active.mode === '503') {
+    stats.token_503 += 1;
+    ctx.status = 503;
+    ctx.set('Retry-After', active.retryAfter);
+    ctx.body = { error: 'temporarily_unavailable', error_description: 'injected by /__admin/token_endpoint' };
+    return true;
+  }
+  if (active.mode === 'error') {
+    stats.token_injected_errors += 1;
+    ctx.status = active.status;
+    ctx.body = { error: active.error, error_description: 'injected by /__admin/token_endpoint' };
+    return true;
+  }
+  if (active.mode === 'drop') {
+    // The refresh token stays unspent, as when the server never got the request.
+    stats.token_dropped += 1;
+    record('token_endpoint.dropped', { grant_type: grantType });
+    hangUp(ctx);
+    return true;
+  }
+  if (active.mode === 'stall') {
+    stats.token_stalled += 1;
+    record('token_endpoint.stalled', { grant_type: grantType, seconds: active.seconds });
+    await stall(active.seconds);
+    if (active.then === 'drop') {
+      stats.token_dropped += 1;
+      record('token_endpoint.dropped', { grant_type: grantType });
+      hangUp(ctx);
+      return true;
+    }
+  }
+  return false;  // stall then proceed, late, lose: processed normally
+}
+
+// After oidc-provider has processed the request (tokens issued, a refresh token rotated), before the
+// response is written.
+async function switchAfterProcessing(ctx, active, grantType) {
+  if (active.mode === 'late') {
+    stats.token_late += 1;
+    record('token_endpoint.late', { grant_type: grantType, status: ctx.status, seconds: active.seconds });
+    await stall(active.seconds);
+    record('token_endpoint.answered', { grant_type: grantType, status: ctx.status });
+  } else if (active.mode === 'lose') {
+    // The grant's new tokens exist only at the server now: a rotated refresh token is lost in transit.
+    stats.token_lost += 1;
+    record('token_endpoint.lost', { grant_type: grantType, status: ctx.status });
+    hangUp(ctx);
+  }
 }
 
 async function readRawBody(req) {
@@ -642,7 +713,13 @@ async function admin(ctx) {
       ctx.body = events;
       return;
     case 'POST /token_endpoint':
-      setTokenSwitch(body);
+      try {
+        setTokenSwitch(body);
+      } catch (err) {
+        ctx.status = 400;
+        ctx.body = { error: 'bad_switch', message: err.message, modes: SWITCH_MODES };
+        return;
+      }
       record('admin.token_endpoint', { mode: tokenSwitch.mode });
       ctx.body = { ok: true, mode: tokenSwitch.mode };
       return;
@@ -675,6 +752,8 @@ function installMiddleware(provider) {
     }
     const endpoint = ENDPOINTS[ctx.path];
     if (endpoint) bump(stats.requests, endpoint);
+    let active = null;  // the token endpoint switch, when it applies to this request
+    let grantType;
     if (endpoint === 'token' && ctx.method === 'POST') {
       // The grant type decides what is counted and whether the switch applies, so the body is read here.
       // oidc-provider accepts an already-read body from ctx.req.body (it warns once on stderr).
@@ -682,34 +761,14 @@ function installMiddleware(provider) {
       ctx.req.body = raw;
       const form = new URLSearchParams(raw);
       recordSecret('code_verifier', form.get('code_verifier'));  // made by the client: seen only here
-      const grantType = shortGrantType(form.get('grant_type'));
+      grantType = shortGrantType(form.get('grant_type'));
       bump(stats.token_requests, grantType);
-      if (switchApplies(grantType)) {
-        if (tokenSwitch.mode === '503') {
-          stats.token_503 += 1;
-          ctx.status = 503;
-          ctx.set('Retry-After', '1');
-          ctx.body = { error: 'temporarily_unavailable', error_description: 'injected by /__admin/token_endpoint' };
-          return;
-        }
-        if (tokenSwitch.mode === 'error') {
-          stats.token_injected_errors += 1;
-          ctx.status = tokenSwitch.status;
-          ctx.body = { error: tokenSwitch.error, error_description: 'injected by /__admin/token_endpoint' };
-          return;
-        }
-        stats.token_stalled += 1;
-        await stall(tokenSwitch.seconds);
-        if (tokenSwitch.then !== 'proceed') {
-          // Hang up without processing: the refresh token stays unspent, as when the server never got it.
-          ctx.respond = false;
-          ctx.req.socket.destroy();
-          return;
-        }
-      }
+      active = switchFor(grantType);
+      if (active && await switchBeforeProcessing(ctx, active, grantType)) return;
     }
     await next();
     recordIssued(ctx);
+    if (active) await switchAfterProcessing(ctx, active, grantType);
     if (endpoint === 'device_authorization' && ctx.status === 200 && config.device_poll_interval !== null
         && ctx.body && typeof ctx.body === 'object') {
       ctx.body = { ...ctx.body, interval: config.device_poll_interval };
