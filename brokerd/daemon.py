@@ -69,6 +69,8 @@ class DaemonOptions:
     socket_path: Path
 
 
+_HELD: list[int] = []
+
 STOP_WAIT = 60.0
 """How long a starting daemon waits for a previous one that is still stopping (its exchanges are bounded
 by the HTTP driver's 15 s timeout; saving takes a moment more)."""
@@ -125,9 +127,13 @@ def _instance_lock(sock: Path, readiness: _Readiness) -> Iterator[IO[str]]:
         handle.truncate()
         handle.write(f"{os.getpid()}\n")
         handle.flush()
+        # Held until the process exits: a duplicate of the descriptor is never closed, so the kernel
+        # releases the lock only then, after every last write; "the lock is free" means "the daemon has
+        # exited" to `ncp-broker stop` and to the next daemon.
+        _HELD.append(os.dup(handle.fileno()))
         yield handle
     finally:
-        handle.close()  # closing releases the flock
+        handle.close()
 
 
 def _holder_pid(handle: IO[str]) -> str:
