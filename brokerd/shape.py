@@ -27,7 +27,6 @@ from brokerd.secret import Secret
 
 __all__ = ["Problem", "problem"]
 
-_INT_RANGE = (-(2**63), 2**64 - 1)  # what msgspec stores in an int field
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -156,8 +155,6 @@ class _Checker:
         if not _kind_fits(value, t):
             return Problem(where, self._mismatch(value, t))
         match t:
-            case mi.IntType() if not _INT_RANGE[0] <= value <= _INT_RANGE[1]:
-                return Problem(where, "this integer is too large")
             case mi.ListType(item_type=item):
                 return self._first(self.check(v, item, f"{where}[{i}]") for i, v in enumerate(value))
             case mi.DictType(key_type=key, value_type=item):

@@ -80,7 +80,8 @@ BAD: list[tuple[str, Any, str, str]] = [
             }
         },
         '$.mcpServers["a"].auth.oauth21',
-        'unknown key "clientSecrt" (known keys: scopes, callbackPort, clientId, clientSecret, clientMetadataUrl)',
+        'unknown key "clientSecrt" (known keys: scopes, callbackPort, clientId, clientSecret, '
+        "clientMetadataUrl)",
     ),
     (
         "unknown auth key",
@@ -193,14 +194,14 @@ BAD: list[tuple[str, Any, str, str]] = [
         "expected a string, not an integer",
     ),
     (
-        "port too large for an integer",
+        "port far out of range",
         {
             "mcpServers": {
                 "a": {"url": "https://x/", "auth": {"type": "oauth", "oauth21": {"callbackPort": 2**70}}}
             }
         },
         '$.mcpServers["a"].auth.oauth21.callbackPort',
-        "too large",
+        "port number",
     ),
     (
         "bad utf-8 in a string",
