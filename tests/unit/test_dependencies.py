@@ -131,3 +131,39 @@ def test_every_package_directory_is_in_the_packages_list() -> None:
             / package.partition(".")[2].replace(".", "/")
         )
         assert (path / "__init__.py").is_file(), f"{package} has no __init__.py"
+
+
+def _floors_file() -> dict[str, str]:
+    pins = {}
+    for raw in (ROOT / ".ci" / "floors.txt").read_text().splitlines():
+        line = raw.partition("#")[0].strip()
+        if line:
+            name, sep, version = line.partition("==")
+            assert sep, f".ci/floors.txt: {line!r} is not NAME==VERSION"
+            pins[_normal(name)] = version
+    return pins
+
+
+def _version_key(version: str) -> tuple[int, ...]:
+    """``0.30`` and ``0.30.0`` are the same release."""
+    parts = [int(part) for part in version.split(".")]
+    while len(parts) > 1 and parts[-1] == 0:
+        parts.pop()
+    return tuple(parts)
+
+
+def test_floors_file_pins_exactly_the_declared_floors() -> None:
+    """.ci/floors.txt pins every dependency and extra at its ">=" floor (as X.Y.Z), and nothing else."""
+    project = PYPROJECT["project"]
+    requirements = list(project["dependencies"])
+    for extra in project["optional-dependencies"].values():
+        requirements += extra
+    declared = {}
+    for requirement in requirements:
+        match = re.fullmatch(r"([A-Za-z0-9][A-Za-z0-9._-]*)(\[[^\]]*\])?>=([0-9.]+)", requirement)
+        assert match, f"pyproject.toml: {requirement!r} has no plain >= floor"
+        declared[_normal(match.group(1))] = match.group(3)
+    pins = _floors_file()
+    assert set(pins) == set(declared)
+    for name, floor in declared.items():
+        assert _version_key(pins[name]) == _version_key(floor), f"{name}: floor {floor}, pinned {pins[name]}"
