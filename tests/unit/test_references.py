@@ -17,10 +17,11 @@ SUFFIXES = {".py", ".md", ".mjs", ".sh", ".toml", ".txt", ".json"}
 REQUIREMENTS = ROOT / "docs" / "requirements.md"
 DESIGN = ROOT / "docs" / "design.md"
 
-# An ID is a letter of the checklist's groups and one or two digits, standing alone: "A1", "T3–T6",
+# An ID is a letter of the checklist's groups and one or two digits, standing alone: "A1", "T3-T6",
 # "(D7, T2)", never inside a word or a longer number ("S256", "0xA1", "2025-01-01T10").
-ID = re.compile(r"(?<![\w.-])([DRASTE])(\d{1,2})(?:\s*[-–]\s*\1?(\d{1,2}))?(?![\w])")
-RULE = re.compile(r"DESIGN(?:\.md)?\s+rules?\s+(\d+(?:\s*(?:,|and|-|–)\s*\d+)*)")
+DASH = "-\u2013"  # a hyphen or an en dash, as in "T3\u2013T6"
+ID = re.compile(rf"(?<![\w.-])([DRASTE])(\d{{1,2}})(?:\s*[{DASH}]\s*\1?(\d{{1,2}}))?(?![\w])")
+RULE = re.compile(rf"DESIGN(?:\.md)?\s+rules?\s+(\d+(?:\s*(?:,|and|[{DASH}])\s*\d+)*)")
 # Files that hold no citations: lockfiles and fetched packages.
 SKIP_PARTS = {"node_modules", "results", "__pycache__"}
 SKIP_NAMES = {"package-lock.json", "package.json", "floors.txt", "requirements.md"}
@@ -53,7 +54,7 @@ def _defined_ids() -> set[str]:
 def _cited_rules(text: str) -> Iterator[int]:
     for match in RULE.finditer(text):
         numbers = [int(n) for n in re.findall(r"\d+", match.group(1))]
-        if re.search(r"[-–]", match.group(1)) and len(numbers) == 2:
+        if re.search(f"[{DASH}]", match.group(1)) and len(numbers) == 2:
             numbers = list(range(numbers[0], numbers[1] + 1))
         yield from numbers
 
@@ -94,7 +95,7 @@ def test_each_requirement_says_where_it_comes_from() -> None:
 
 def test_id_pattern_finds_citations_and_skips_lookalikes() -> None:
     """The ID pattern reads ranges and lists, and leaves S256, hex and timestamps alone."""
-    text = "(D2-D7, S1) T3–T6 A1-no-S256 code_challenge S256 0xA1 2025-01-01T10:00 R1-R4 rule D8."
+    text = "(D2-D7, S1) T3\u2013T6 A1-no-S256 code_challenge S256 0xA1 2025-01-01T10:00 R1-R4 rule D8."
     assert list(_cited_ids(text)) == [
         *("D2", "D3", "D4", "D5", "D6", "D7"),
         "S1",
