@@ -251,6 +251,8 @@ def _why_not(frame: bytes) -> str:
         found = shape.problem(msgspec.json.decode(frame), Request)
     except RecursionError:
         return "nested too deeply"
+    except (msgspec.DecodeError, UnicodeDecodeError):  # the typed decoder stopped before the bad bytes
+        return "not a JSON object"
     if found is None:  # msgspec refused what brokerd.shape accepts: a bug of ours, named as such
         return "refused by the decoder (please report this frame's shape)"
     return found.what if found.where == "$" else f"{found.what} (at {found.where})"

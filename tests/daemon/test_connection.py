@@ -100,6 +100,9 @@ async def test_frame_split_across_writes_is_reassembled() -> None:
         ),
         (b"\xff\xfe{}", "not a JSON object"),
         (b'{"op":"get_token","server":"\xff"}', "not a JSON object"),  # bad UTF-8 inside a string
+        # A wrong type first, then broken JSON or bad UTF-8 further on: still our bad_request.
+        (b'{"op":"get_token","server":7, bad', "invalid request: not a JSON object"),
+        (b'{"op":"get_token","server":7,"x":"\xff"}', "invalid request: not a JSON object"),
         pytest.param(
             b'{"op":"hello","x":' + b"[" * 30000 + b"]" * 30000 + b"}",
             "invalid request: nested too deeply",
