@@ -26,6 +26,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 
+from brokerd import shape
 from brokerd.fsutil import atomic_write
 from brokerd.oauth import canonical_url, is_loopback_host
 from brokerd.secret import Secret, dec_hook
@@ -492,11 +493,14 @@ def _enterprise(
 
 
 def _convert(path: Path | None, where: str, obj: Any, type_: type[Any]) -> Any:
+    # The shape is judged by brokerd.shape, in our words; msgspec then only builds the Structs.
+    found = shape.problem(obj, type_, where, quote_values=True)
+    if found is not None:
+        raise ConfigError(path, found.where, found.what)
     try:
         return msgspec.convert(obj, type_, dec_hook=dec_hook, str_keys=True)
-    except msgspec.ValidationError as exc:
-        problem, _, at = str(exc).partition(" - at `$")
-        raise ConfigError(path, where + at.rstrip("`"), problem) from None
+    except msgspec.ValidationError as exc:  # brokerd.shape let through what msgspec refuses: a bug of ours
+        raise ConfigError(path, where, f"does not fit the config format ({exc})") from None
 
 
 class _TopLevel(msgspec.Struct, rename="camel"):
@@ -504,23 +508,60 @@ class _TopLevel(msgspec.Struct, rename="camel"):
     store: Literal["auto", "file", "keyring"] = "auto"
 
 
+class _NotJson(ValueError):
+    """A number JSON does not have (``NaN``, ``Infinity``), which :func:`json.loads` would accept."""
+
+
+def _refuse_constant(name: str) -> Any:
+    raise _NotJson(f"{name} is not a JSON number")
+
+
+def _decode_json(data: bytes, path: Path | None) -> Any:
+    """``data`` as UTF-8 JSON, with the standard library.
+
+    Raises:
+        ConfigError: not UTF-8, not JSON (with line and column), nested too deeply, or text that is not
+            Unicode (an unpaired UTF-16 surrogate escape such as ``"\\ud800"``).
+    """
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            path, "", f"not valid UTF-8 (byte {data[exc.start]:#04x} at offset {exc.start})"
+        ) from None
+    try:
+        obj = json.loads(text, parse_constant=_refuse_constant)
+    except json.JSONDecodeError as exc:
+        # Our verdict and position; the standard library's few words (stable since Python 3.5) say what.
+        raise ConfigError(
+            path, "", f"not valid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
+        ) from None
+    except _NotJson as exc:
+        raise ConfigError(path, "", f"not valid JSON: {exc}") from None
+    except ValueError:  # int() refuses numbers of more than sys.get_int_max_str_digits() digits
+        raise ConfigError(path, "", "not valid JSON: a number has too many digits") from None
+    except RecursionError:
+        raise ConfigError(path, "", "nested too deeply") from None
+    try:
+        json.dumps(obj, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise ConfigError(
+            path, "", "a \\u escape is half of a UTF-16 surrogate pair; the text is not Unicode"
+        ) from None
+    return obj
+
+
 def parse(data: bytes, path: Path | None = None) -> Config:
     """Parse and check a config document.
 
-    Entries are converted one by one so that an error names the server (msgspec alone would say
-    ``$.mcpServers[...]``).
+    We decide every verdict and word every message ourselves, so that they do not change with msgspec's
+    releases: the bytes are decoded as UTF-8 and parsed as JSON by the standard library, the shape is
+    judged by :mod:`brokerd.shape`, and msgspec only builds the Structs from a document already checked.
 
     Raises:
-        ConfigError: invalid JSON, a wrong type, an unknown key inside ``auth``, a bad URL, ….
+        ConfigError: not UTF-8, not JSON, a wrong type, an unknown key inside ``auth``, a bad URL, ….
     """
-    try:
-        obj = msgspec.json.decode(data)
-    except msgspec.DecodeError as exc:
-        raise ConfigError(path, "", f"not valid JSON: {exc}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(path, "", "not valid UTF-8") from None
-    except RecursionError:
-        raise ConfigError(path, "", "nested too deeply") from None
+    obj = _decode_json(data, path)
     top: _TopLevel = _convert(path, "$", obj, _TopLevel)
     servers = {}
     for name, raw_entry in top.mcp_servers.items():

@@ -209,11 +209,22 @@ async def _exchange(
     except httpx.TimeoutException as exc:
         return TransportFailure(f"{_timeout_kind(exc)} {origin}")
     except httpx.HTTPError as exc:
-        # httpx's messages are about sockets, TLS and framing; they do not quote headers or bodies.
+        # The verdict is ours; httpx's text follows as detail (it is about sockets, TLS and framing, and
+        # does not quote headers or bodies).
         detail = str(exc).replace(request.url, redact_url(request.url))
-        return TransportFailure(f"{type(exc).__name__} talking to {origin}: {detail[:200]}")
+        return TransportFailure(f"{_failure_kind(exc)} {origin}: {detail[:200]}")
     except httpx.InvalidURL:
         return TransportFailure(f"not a usable URL for {origin}")
+
+
+def _failure_kind(exc: httpx.HTTPError) -> str:
+    if isinstance(exc, httpx.ConnectError):
+        return "could not connect to"
+    if isinstance(exc, httpx.NetworkError):
+        return "the connection broke with"
+    if isinstance(exc, httpx.ProtocolError):
+        return "no usable HTTP answer from"
+    return "the HTTP exchange failed with"
 
 
 def _timeout_kind(exc: httpx.TimeoutException) -> str:

@@ -18,6 +18,7 @@ from typing import Literal
 
 import msgspec
 
+from brokerd import shape
 from brokerd.secret import Secret, dec_hook, enc_hook
 
 __all__ = [
@@ -464,16 +465,31 @@ def decode_request(frame: bytes) -> Request:
     """Decode one frame (without its newline).
 
     Raises:
-        WireError: ``bad_request`` with msgspec's description of what is wrong (which never contains
-            field values, so a token in a malformed frame is not echoed back).
+        WireError: ``bad_request`` saying what is wrong in our words (:mod:`brokerd.shape`), which quote
+            key names but never values, so a token in a malformed frame is not echoed back.
     """
     try:
         return _decoder.decode(frame)
-    except msgspec.ValidationError as exc:
-        raise WireError("bad_request", f"invalid request: {exc}", "see docs/protocol.md") from None
+    except msgspec.ValidationError:
+        raise WireError(
+            "bad_request", f"invalid request: {_why_not(frame)}", "see docs/protocol.md"
+        ) from None
     except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
         # msgspec raises UnicodeDecodeError for invalid UTF-8 inside a string, RecursionError for deep nesting
         raise WireError("bad_request", "invalid request: not a JSON object", "see docs/protocol.md") from None
+
+
+def _why_not(frame: bytes) -> str:
+    """Why a frame that msgspec refused is not a request, judged again by brokerd.shape in our words."""
+    try:
+        found = shape.problem(msgspec.json.decode(frame), Request)
+    except RecursionError:
+        return "nested too deeply"
+    except (msgspec.DecodeError, UnicodeDecodeError):  # the typed decoder stopped before the bad bytes
+        return "not a JSON object"
+    if found is None:  # msgspec refused what brokerd.shape accepts: a bug of ours, named as such
+        return "refused by the decoder (please report this frame's shape)"
+    return found.what if found.where == "$" else f"{found.what} (at {found.where})"
 
 
 def request_id(frame: bytes) -> int | str | None:

@@ -159,7 +159,10 @@ def canonical_url(url: str) -> str:
     host = parts.hostname  # already lower-cased, brackets of an IPv6 literal removed
     if not scheme or not host:
         raise ValueError(f"not an absolute URL: {shown_url(url)!r}")
-    port = parts.port  # raises ValueError for a non-numeric or out-of-range port
+    try:
+        port = parts.port
+    except ValueError:  # urllib's words for a non-numeric or out-of-range port; ours name the URL
+        raise ValueError(f"not a valid port number: {shown_url(url)!r}") from None
     netloc = f"[{host}]" if ":" in host else host
     if port is not None and port != _DEFAULT_PORTS.get(scheme):
         netloc = f"{netloc}:{port}"

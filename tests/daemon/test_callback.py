@@ -140,9 +140,9 @@ async def test_busy_port_names_port_and_config_key() -> None:
             async with open_callback_listener(port):
                 raise AssertionError("should not listen")
     assert refused.value.port == port
-    assert str(port) in str(refused.value)
-    assert "in use" in str(refused.value) or "another program" in str(refused.value)
+    assert str(refused.value).startswith(f"cannot listen for the login callback on 127.0.0.1 port {port}: ")
     assert refused.value.hint is not None
+    assert f"stop the program using port {port}" in refused.value.hint
     assert "auth.oauth21.callbackPort" in refused.value.hint
     assert str(port) in refused.value.hint
 

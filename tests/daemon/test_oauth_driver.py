@@ -157,16 +157,26 @@ async def test_connect_timeout_is_a_transport_failure() -> None:
     assert "RT" not in failure.reason
 
 
-async def test_connection_error_is_a_transport_failure() -> None:
-    """A refused connection becomes a TransportFailure; the URL's query is redacted out of it."""
+@pytest.mark.parametrize(
+    ("error", "verdict"),
+    [
+        (httpx.ConnectError, "could not connect to https://as.example: "),
+        (httpx.ReadError, "the connection broke with https://as.example: "),
+        (httpx.RemoteProtocolError, "no usable HTTP answer from https://as.example: "),
+        (httpx.DecodingError, "the HTTP exchange failed with https://as.example: "),
+    ],
+)
+async def test_connection_error_is_a_transport_failure(error: type[httpx.RequestError], verdict: str) -> None:
+    """A failed exchange becomes a TransportFailure in our words, with the detail after them; the URL's
+    query is redacted out of it."""
     url = "https://as.example/authorize?code=SECRET"
 
     async def handler(request: httpx.Request) -> httpx.Response:
-        raise httpx.ConnectError(f"[Errno 111] Connection refused for {url}", request=request)
+        raise error(f"detail-from-the-transport for {url}", request=request)
 
     failure = _failure(await _run(handler, HttpRequest("GET", url)))
-    assert "ConnectError" in failure.reason
-    assert "Connection refused" in failure.reason
+    assert failure.reason.startswith(verdict), failure.reason
+    assert "detail-from-the-transport for https://as.example/authorize?code=<redacted>" in failure.reason
     assert "SECRET" not in failure.reason
 
 

@@ -12,6 +12,7 @@ Secrets are compared as booleans computed beforehand, so a failing assertion nev
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -310,4 +311,6 @@ def test_keyring_detection_error_is_reported_as_the_error(env: Env) -> None:
     reasons = [line for line in log.splitlines() if "cannot start:" in line]
     assert reasons, log
     assert "did not answer" not in reasons[0], reasons[0]
-    assert "Secret" in reasons[0], reasons[0]  # keyring's message: "Unable to initialize SecretService: …"
+    # Our classification (brokerd/store/_open.py), whichever step of keyring's detection raised; keyring's
+    # own words follow it in parentheses and are not ours to pin.
+    assert re.search(r"keyring backend (detection failed|\S+ is not usable) \(", reasons[0]), reasons[0]

@@ -1,9 +1,9 @@
 """One refresh chain per server (issue 4), against the real oidc-provider with 3-second access tokens.
 
 The authorization server rotates refresh tokens strictly: a consumed refresh token presented again is a
-replay, and it revokes the whole grant (REAL-SERVERS.md). So every test here asks the server itself, through
-its admin counters, whether it saw a replay or a revoked grant, how many refreshes and authorizations it
-served; the thin clients only report what they were answered.
+replay, and it revokes the whole grant (docs/testing-servers.md). So every test here asks the server
+itself, through its admin counters, whether it saw a replay or a revoked grant, how many refreshes and
+authorizations it served; the thin clients only report what they were answered.
 
 - stress: threads calling ``ncp_client.get_token`` and ``ncp-token`` processes in loops, across many
   expiries: every request answered, one chain (T3, T4);

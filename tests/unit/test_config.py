@@ -60,10 +60,18 @@ def test_ncp_config_loads_unchanged() -> None:
 
 
 BAD: list[tuple[str, Any, str, str]] = [
-    ("invalid json", b"{", "", "not valid JSON"),
-    ("not an object", [], "$", "Expected `object`"),
-    ("servers not an object", {"mcpServers": []}, "$.mcpServers", "Expected `object`"),
-    ("wrong type", {"mcpServers": {"a": {"url": 5}}}, '$.mcpServers["a"].url', "Expected `str | null`"),
+    ("invalid json", b"{", "", "not valid JSON at line 1, column 2"),
+    ("invalid json on a later line", b'{\n  "mcpServers": {,}\n}', "", "not valid JSON at line 2, column 18"),
+    ("NaN", b'{"mcpServers": {}, "x": NaN}', "", "not valid JSON: NaN is not a JSON number"),
+    ("huge number", b'{"x": ' + b"1" * 5000 + b"}", "", "not valid JSON: a number has too many digits"),
+    ("not an object", [], "$", "expected an object, not a list"),
+    ("servers not an object", {"mcpServers": []}, "$.mcpServers", "expected an object, not a list"),
+    (
+        "wrong type",
+        {"mcpServers": {"a": {"url": 5}}},
+        '$.mcpServers["a"].url',
+        "expected a string or null, not an integer",
+    ),
     (
         "typo inside auth",
         {
@@ -72,19 +80,20 @@ BAD: list[tuple[str, Any, str, str]] = [
             }
         },
         '$.mcpServers["a"].auth.oauth21',
-        "unknown field `clientSecrt`",
+        'unknown key "clientSecrt" (known keys: scopes, callbackPort, clientId, clientSecret, '
+        "clientMetadataUrl, grant, tokenEndpointAuthMethod, privateKey, workloadToken, enterprise, dpop)",
     ),
     (
         "unknown auth key",
         {"mcpServers": {"a": {"url": "https://x/", "auth": {"type": "bearer", "tokn": "x"}}}},
         '$.mcpServers["a"].auth',
-        "unknown field `tokn`",
+        'unknown key "tokn"',
     ),
     (
         "unknown auth type",
         {"mcpServers": {"a": {"url": "https://x/", "auth": {"type": "magic"}}}},
         '$.mcpServers["a"].auth.type',
-        "Invalid enum value 'magic'",
+        'expected one of "apiKey", "basic", "bearer", "oauth", not "magic"',
     ),
     (
         "non-http url",
@@ -161,8 +170,46 @@ BAD: list[tuple[str, Any, str, str]] = [
         '$.mcpServers["a"].auth.oauth21.clientMetadataUrl',
         "https URL with a path",
     ),
-    ("store choice", {"store": "vault"}, "$.store", "Invalid enum value"),
-    ("bad utf-8 in a string", b'{"mcpServers": {"\xff": {}}}', "", "not valid UTF-8"),
+    ("store choice", {"store": "vault"}, "$.store", 'expected one of "auto", "file", "keyring", not "vault"'),
+    (
+        "bool where a string belongs",
+        {"mcpServers": {"a": {"url": "https://x/", "auth": {"type": "bearer", "token": True}}}},
+        '$.mcpServers["a"].auth.token',
+        "expected a string or null, not true or false",
+    ),
+    (
+        "missing auth type",
+        {"mcpServers": {"a": {"url": "https://x/", "auth": {}}}},
+        '$.mcpServers["a"].auth',
+        'missing the required key "type"',
+    ),
+    (
+        "scope not a string",
+        {
+            "mcpServers": {
+                "a": {"url": "https://x/", "auth": {"type": "oauth", "oauth21": {"scopes": ["a", 1]}}}
+            }
+        },
+        '$.mcpServers["a"].auth.oauth21.scopes[1]',
+        "expected a string, not an integer",
+    ),
+    (
+        "port far out of range",
+        {
+            "mcpServers": {
+                "a": {"url": "https://x/", "auth": {"type": "oauth", "oauth21": {"callbackPort": 2**70}}}
+            }
+        },
+        '$.mcpServers["a"].auth.oauth21.callbackPort',
+        "port number",
+    ),
+    (
+        "bad utf-8 in a string",
+        b'{"mcpServers": {"\xff": {}}}',
+        "",
+        "not valid UTF-8 (byte 0xff at offset 17)",
+    ),
+    ("lone surrogate escape", b'{"mcpServers": {"\\ud800": {}}}', "", "half of a UTF-16 surrogate pair"),
     ("deep nesting", b'{"x":' + b"[" * 50000 + b"]" * 50000 + b"}", "", "nested too deeply"),
     ("control char name", {"mcpServers": {"a\nb": {"url": "https://x/"}}}, "$.mcpServers[", "server names"),
 ]

@@ -29,3 +29,20 @@ def test_ci_runs_the_readme_test_command() -> None:
     ci = (ROOT / ".ci" / "run").read_text()
     assert f'TEST_COMMAND="{test}"' in ci
     assert 'bash -c "$TEST_COMMAND"' in ci
+
+
+def test_ci_is_a_new_user() -> None:
+    """.ci/run makes a fresh venv before the README's test command, and a second one for the floors."""
+    ci = (ROOT / ".ci" / "run").read_text()
+    fresh = ci.index('fresh_venv "$work/latest"')
+    assert "python3 -m venv" in ci
+    assert 'mktemp -d "${TMPDIR:-/tmp}/' in ci  # outside the checkout
+    assert fresh < ci.index('bash -c "$TEST_COMMAND"')
+    floors = ci.index('fresh_venv "$work/floors"')
+    assert (
+        floors
+        < ci.index("pip install --quiet -c .ci/floors.txt -e '.[test]'")
+        < ci.index("python -m pytest -q")
+    )
+    for step in ("python -m ruff check .", "python -m mypy", "bash tests/conformance/run.sh"):
+        assert fresh < ci.index(step) < floors, step
