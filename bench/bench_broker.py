@@ -153,6 +153,12 @@ class Proc:
                 raise RuntimeError(f"{argv[:4]} did not start")
             time.sleep(0.02)
 
+    def cpu_seconds(self) -> tuple[float, float]:
+        """(user, system) CPU seconds this process has used so far."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks = os.sysconf("SC_CLK_TCK")
+        return int(fields[11]) / ticks, int(fields[12]) / ticks
+
     def rss_kib(self) -> int:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
@@ -357,27 +363,40 @@ def round_trips(sock: Path, clients: int, mode: str, total: int) -> tuple[float,
     return len(latencies) / elapsed, percentile(latencies, 0.5) * 1e6, percentile(latencies, 0.99) * 1e6
 
 
-def bench_round_trips(servers: dict[str, Path], total: int, rounds: int) -> None:
+Result = tuple[float, float, float, float, float]  # req/s, p50 µs, p99 µs, server user µs/req, sys µs/req
+
+
+def measured(server: Proc, sock: Path, clients: int, mode: str, total: int) -> Result:
+    """round_trips, with the server's own CPU time per request (user = Python, system = the kernel)."""
+    user0, sys0 = server.cpu_seconds()
+    start = time.perf_counter()
+    rate, p50, p99 = round_trips(sock, clients, mode, total)
+    count = rate * (time.perf_counter() - start)  # about: round_trips' own clock starts a little later
+    user1, sys1 = server.cpu_seconds()
+    return rate, p50, p99, (user1 - user0) / count * 1e6, (sys1 - sys0) / count * 1e6
+
+
+def bench_round_trips(servers: dict[str, tuple[Proc, Path]], total: int, rounds: int) -> None:
     print(
         f"\n2. get_token round trips (client processes; median of {rounds} interleaved rounds; "
-        "echo-sel = stdlib selectors echo, the ceiling)"
+        "echo-sel = stdlib selectors echo, the ceiling;\n   cpu = the server's user+system CPU µs "
+        "per request, clock ticks of 10 ms: rough below a few thousand requests)"
     )
-    header = ("clients", "connection", "server", "req/s", "us/req", "p50 us", "p99 us", "÷ ceiling")
-    print("   {:>7} {:<12} {:<14} {:>8} {:>7} {:>7} {:>7} {:>9}".format(*header))
+    header = ("clients", "connection", "server", "req/s", "p50 us", "p99 us", "cpu usr+sys", "÷ ceiling")
+    print("   {:>7} {:<12} {:<14} {:>8} {:>7} {:>7} {:>12} {:>9}".format(*header))
     for clients in (1, 32):
         for mode in ("per-request", "half-close", "persistent"):
-            runs: dict[str, list[tuple[float, float, float]]] = {name: [] for name in servers}
+            runs: dict[str, list[Result]] = {name: [] for name in servers}
             for _ in range(rounds):
-                for name, sock in servers.items():
-                    runs[name].append(round_trips(sock, clients, mode, total))
+                for name, (proc, sock) in servers.items():
+                    runs[name].append(measured(proc, sock, clients, mode, total))
             ceiling = statistics.median(r[0] for r in runs["echo-sel"])
             for name, results in runs.items():
-                rate = statistics.median(r[0] for r in results)
-                p50 = statistics.median(r[1] for r in results)
-                p99 = statistics.median(r[2] for r in results)
+                rate, p50, p99, user, system = (statistics.median(r[i] for r in results) for i in range(5))
+                cpu = f"{user:.0f}+{system:.0f}"
                 print(
-                    f"   {clients:>7} {mode:<12} {name:<14} {rate:8.0f} {1e6 / rate:7.0f} {p50:7.0f} "
-                    f"{p99:7.0f} {rate / ceiling:9.2f}"
+                    f"   {clients:>7} {mode:<12} {name:<14} {rate:8.0f} {p50:7.0f} {p99:7.0f} {cpu:>12} "
+                    f"{rate / ceiling:9.2f}"
                 )
 
 
@@ -431,17 +450,17 @@ def main() -> None:
         if "startup" in only:
             bench_startup(regular_install(args.venv or root / "venv"), env, runs)
         if "round-trips" in only:
-            servers: dict[str, Path] = {}
+            servers: dict[str, tuple[Proc, Path]] = {}
             for name, code in (("echo-sel", ECHO_SELECTORS), ("echo-aio", ECHO_ASYNCIO)):
                 proc, sock = start_echo(root, name, code)
                 procs.append(proc)
-                servers[name] = sock
+                servers[name] = proc, sock
             for i, spec in enumerate(args.baseline):
                 name, _, ref = spec.rpartition("=")
                 proc, benv = start_daemon(root / f"baseline{i}", 1, baseline_source(ref, root))
                 procs.append(proc)
-                servers[name or f"broker@{ref[:7]}"] = Path(benv["NCP_BROKER_SOCK"])
-            servers["broker"] = Path(env["NCP_BROKER_SOCK"])
+                servers[name or f"broker@{ref[:7]}"] = proc, Path(benv["NCP_BROKER_SOCK"])
+            servers["broker"] = daemon, Path(env["NCP_BROKER_SOCK"])
             bench_round_trips(servers, total, rounds)
         if "memory" in only:
             bench_memory(root)
