@@ -288,6 +288,7 @@ def bench_startup(python: Path, env: dict[str, str], runs: int) -> None:
     ).stdout.split()[1]
     rows = {
         "python -c pass": [str(python), "-c", "pass"],
+        "import ncp_client._cli (no request)": [str(python), "-c", "import ncp_client._cli"],
         f"ncp-token s0 (pip {pip} wrapper)": [str(bindir / "ncp-token"), "s0"],
         "ncp-token s0 (pip < 25 wrapper)": [str(legacy), "s0"],
     }
@@ -301,7 +302,7 @@ def bench_startup(python: Path, env: dict[str, str], runs: int) -> None:
     print(f"1. ncp-token start-up (median of {runs}, interleaved; regular install in {bindir.parent})")
     for name, values in times.items():
         t = statistics.median(values)
-        print(f"   {name:<34} {t * 1000:6.1f} ms   {t / floor:5.2f} x floor")
+        print(f"   {name:<36} {t * 1000:6.1f} ms   {t / floor:5.2f} x floor")
     modules = subprocess.run([python, "-c", PATH_MODULES], capture_output=True, text=True, check=True)
     print(f"   modules the ncp-token path adds: {modules.stdout.strip() or '(none)'}")
     print("   goal: ncp-token <= 1.3 x floor with the current wrapper")
@@ -435,12 +436,15 @@ def main() -> None:
         "--only", choices=("startup", "round-trips", "memory"), action="append", help="run only these"
     )
     args = parser.parse_args()
-    runs, total, rounds = (5, 500, 1) if args.quick else (30, 20000, 3)
+    runs, total, rounds = (5, 500, 1) if args.quick else (40, 20000, 3)
     rounds = args.rounds or rounds
     only = set(args.only or ("startup", "round-trips", "memory"))
     print(
         f"ncp-broker benchmarks — {platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, "
-        f"Python {platform.python_version()}, {time.strftime('%Y-%m-%d')}\n"
+        f"Python {platform.python_version()}, {time.strftime('%Y-%m-%d')}"
+    )
+    print(
+        "load average at start: {:.1f} {:.1f} {:.1f} (other work on the machine)\n".format(*os.getloadavg())
     )
     root = Path(tempfile.mkdtemp(prefix="ncpb-bench-"))
     procs: list[Proc] = []
@@ -464,6 +468,7 @@ def main() -> None:
             bench_round_trips(servers, total, rounds)
         if "memory" in only:
             bench_memory(root)
+        print("\nload average at end: {:.1f} {:.1f} {:.1f}".format(*os.getloadavg()))
     finally:
         for p in procs:
             p.stop()
