@@ -12,10 +12,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
 
-from ncp_client._async import acall
 from ncp_client._errors import (
     AuthServerUnreachable,
     BrokerError,
@@ -29,7 +26,15 @@ from ncp_client._errors import (
 from ncp_client._paths import default_socket_path
 from ncp_client._protocol import DEFAULT_TIMEOUT, LOGIN_TIMEOUT, call
 
+# `ncp-token` imports this package first, so it loads nothing beyond what printing a token needs: no
+# typing, no asyncio helpers, no httpx. Those names are loaded on first use (__getattr__ below); type
+# checkers see them through these imports.
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import Any
+
+    from ncp_client._async import acall
     from ncp_client._auth import BrokerAuth, broker_auth_for_httpx2
 
 __all__ = [
@@ -95,6 +100,8 @@ async def aget_token(
     socket_path: SocketPath = None,
 ) -> str:
     """:func:`get_token` for trio or asyncio code."""
+    from ncp_client._async import acall
+
     return _token(await acall(_token_request(server, min_ttl), timeout=timeout, socket_path=socket_path))
 
 
@@ -132,6 +139,8 @@ async def atoken_rejected(
     socket_path: SocketPath = None,
 ) -> str:
     """:func:`token_rejected` for trio or asyncio code."""
+    from ncp_client._async import acall
+
     request = _rejected_request(server, token, www_authenticate)
     return _token(await acall(request, timeout=timeout, socket_path=socket_path))
 
@@ -180,6 +189,8 @@ async def ascope_insufficient(
     socket_path: SocketPath = None,
 ) -> str:
     """:func:`scope_insufficient` for trio or asyncio code."""
+    from ncp_client._async import acall
+
     request = _step_up_request(server, token, www_authenticate, scopes)
     return _token(await acall(request, timeout=timeout, socket_path=socket_path))
 
@@ -204,6 +215,8 @@ async def alogin(
     server: str, *, open_browser: bool = True, timeout: float = LOGIN_TIMEOUT, socket_path: SocketPath = None
 ) -> str:
     """:func:`login` for trio or asyncio code."""
+    from ncp_client._async import acall
+
     deadline = time.monotonic() + timeout
     start = {"op": "login", "server": server, "open_browser": open_browser}
     await acall(start, timeout=timeout, socket_path=socket_path)
@@ -211,9 +224,20 @@ async def alogin(
     return _token(await acall(wait, timeout=max(1.0, deadline - time.monotonic()), socket_path=socket_path))
 
 
-def __getattr__(name: str) -> Any:
-    if name in ("BrokerAuth", "broker_auth_for_httpx2"):  # imports httpx, so only on first use
-        from ncp_client import _auth
+_LAZY = {"acall": "_async", "BrokerAuth": "_auth", "broker_auth_for_httpx2": "_auth"}
 
-        return getattr(_auth, name)
-    raise AttributeError(f"module 'ncp_client' has no attribute {name!r}")
+
+def __getattr__(name: str) -> Any:
+    """The names that load more (``acall``; ``BrokerAuth`` imports httpx), on first use (PEP 562)."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ncp_client' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f"ncp_client.{module}"), name)
+    globals()[name] = value  # later look-ups do not come back here
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 from typing import Any
 
 from ncp_client._errors import ProtocolError
-from ncp_client._paths import default_socket_path
+from ncp_client._paths import socket_path as _default_path
 from ncp_client._protocol import DEFAULT_TIMEOUT, MAX_ANSWER, encode, not_running, unwrap
 
 __all__ = ["acall"]
@@ -30,8 +29,9 @@ async def acall(
     timeout: float = DEFAULT_TIMEOUT,
     socket_path: str | os.PathLike[str] | None = None,
 ) -> Any:
-    """Like :func:`ncp_client._protocol.call`, without blocking the event loop."""
-    path = Path(socket_path) if socket_path is not None else default_socket_path()
+    """Like :func:`ncp_client._protocol.call` (the sending side shut down after the request, too),
+    without blocking the event loop."""
+    path = os.fspath(socket_path) if socket_path is not None else _default_path()
     line = await (_trio_exchange if _in_trio() else _asyncio_exchange)(path, encode(request), timeout)
     return unwrap(line)
 
@@ -42,17 +42,18 @@ def _timed_out(timeout: float) -> ProtocolError:
     )
 
 
-async def _trio_exchange(path: Path, data: bytes, timeout: float) -> bytes:
+async def _trio_exchange(path: str, data: bytes, timeout: float) -> bytes:
     import trio
 
     try:
         with trio.fail_after(timeout):
             try:
-                stream = await trio.open_unix_socket(os.fspath(path))
+                stream = await trio.open_unix_socket(path)
             except (FileNotFoundError, ConnectionRefusedError) as exc:
                 raise not_running(path, exc.strerror or "no socket") from None
             async with stream:
                 await stream.send_all(data)
+                await stream.send_eof()
                 buf = bytearray()
                 while b"\n" not in buf:
                     if len(buf) > MAX_ANSWER:
@@ -70,17 +71,18 @@ async def _trio_exchange(path: Path, data: bytes, timeout: float) -> bytes:
     return bytes(buf[: buf.index(b"\n")])
 
 
-async def _asyncio_exchange(path: Path, data: bytes, timeout: float) -> bytes:
+async def _asyncio_exchange(path: str, data: bytes, timeout: float) -> bytes:
     import asyncio
 
     try:
         async with asyncio.timeout(timeout):
             try:
-                reader, writer = await asyncio.open_unix_connection(os.fspath(path), limit=MAX_ANSWER)
+                reader, writer = await asyncio.open_unix_connection(path, limit=MAX_ANSWER)
             except (FileNotFoundError, ConnectionRefusedError) as exc:
                 raise not_running(path, exc.strerror or "no socket") from None
             try:
                 writer.write(data)
+                writer.write_eof()
                 await writer.drain()
                 line = await reader.readline()
             finally:

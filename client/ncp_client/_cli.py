@@ -1,19 +1,22 @@
 """``ncp-token``: print a fresh access token from ncp-broker.
 
-Start-up time matters (hosts run it per connection), so this module imports only what it needs from the
-standard library and parses its few options by hand instead of loading argparse.
+Start-up time matters (hosts run it per connection), so this module loads nothing that printing a token
+does not need: it parses its few options by hand instead of loading argparse, writes JSON with the
+client's own encoder instead of loading json, and imports the rest (urllib.parse, webbrowser) only on
+the paths that use them. ``tests/unit/test_client_imports.py`` keeps it that way.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import sys
-from collections.abc import Sequence
-from urllib.parse import urlsplit
 
 from ncp_client._errors import BrokerError, NeedsLogin, UnknownServer
-from ncp_client._protocol import DEFAULT_TIMEOUT, call
+from ncp_client._protocol import DEFAULT_TIMEOUT, call, json_text
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 __all__ = ["main"]
 
@@ -77,6 +80,8 @@ def _parse(argv: Sequence[str]) -> dict[str, object]:
 
 
 def _url_key(url: str) -> str:
+    from urllib.parse import urlsplit  # only when the server is named by its URL
+
     parts = urlsplit(url.strip())
     return f"{parts.scheme.lower()}://{parts.netloc.lower()}{parts.path.rstrip('/')}"
 
@@ -165,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if opts["format"] == "header":
         sys.stdout.write(f"Authorization: Bearer {token}\n")
     elif opts["format"] == "json":
-        sys.stdout.write(json.dumps({"Authorization": f"Bearer {token}"}) + "\n")
+        sys.stdout.write('{"Authorization": ' + json_text(f"Bearer {token}") + "}\n")  # json.dumps' layout
     else:
         sys.stdout.write(token + "\n")
     return 0

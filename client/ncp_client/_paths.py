@@ -15,26 +15,37 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
-from pathlib import Path
 
-__all__ = ["default_socket_path"]
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (ncp-token's start-up)
+if TYPE_CHECKING:
+    from pathlib import Path
+
+__all__ = ["default_socket_path", "socket_path"]
 
 _APP = "ncp-broker"
 _SOCK = "broker.sock"
 
 
 def default_socket_path() -> Path:
+    from pathlib import Path
+
+    return Path(socket_path())
+
+
+def socket_path() -> str:
+    """:func:`default_socket_path` as a string, without loading ``pathlib`` or ``tempfile``."""
     explicit = os.environ.get("NCP_BROKER_SOCK")
     if explicit:
-        return Path(explicit).expanduser()
+        return os.path.expanduser(explicit)
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     if runtime:
-        return Path(runtime) / _APP / _SOCK
+        return os.path.join(runtime, _APP, _SOCK)
     uid = os.getuid()
     if sys.platform == "darwin":
-        return Path.home() / "Library" / "Caches" / "TemporaryItems" / _APP / _SOCK
-    run_user = Path(f"/run/user/{uid}")
-    if run_user.is_dir():
-        return run_user / _APP / _SOCK
-    return Path(tempfile.gettempdir()) / f"{_APP}-{uid}" / _SOCK
+        return os.path.join(os.path.expanduser("~"), "Library", "Caches", "TemporaryItems", _APP, _SOCK)
+    run_user = f"/run/user/{uid}"
+    if os.path.isdir(run_user):
+        return os.path.join(run_user, _APP, _SOCK)
+    import tempfile  # the last resort only: it loads shutil, random and more
+
+    return os.path.join(tempfile.gettempdir(), f"{_APP}-{uid}", _SOCK)
