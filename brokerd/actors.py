@@ -110,6 +110,11 @@ class Actor:
     async def get_token(self, min_ttl: float) -> TokenResult:
         raise self._refusal()
 
+    def token_now(self, min_ttl: float) -> TokenResult | None:
+        """What :meth:`get_token` would answer, if it can be known now without waiting or any I/O; else
+        None (then ``get_token`` answers). Never raises."""
+        return None
+
     async def token_rejected(self, token: Secret, www_authenticate: str | None = None) -> TokenResult:
         raise self._refusal()
 
@@ -182,6 +187,9 @@ class BearerActor(Actor):
                 _add_hint(self.server.name, self.server.url),
             )
         return TokenResult(token=self._key)
+
+    def token_now(self, min_ttl: float) -> TokenResult | None:
+        return None if self._key is None else TokenResult(token=self._key)
 
     async def set_access_key(self, key: Secret) -> None:
         """Persist a new key (before it is used: DESIGN.md rule 3) and serve it from now on."""

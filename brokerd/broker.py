@@ -166,6 +166,21 @@ class Broker:
             )
         return actor
 
+    def answer_now(self, req: wire.Request) -> wire.Result | None:
+        """What :meth:`handle` would answer to ``req`` at this moment, when that can be known without
+        waiting or I/O (the socket server's answer-at-once path); None when only ``handle`` can answer.
+
+        Raises:
+            WireError: as ``handle`` would (``unknown_server``).
+        """
+        match req:
+            case wire.GetToken(server=name, min_ttl=min_ttl):
+                ttl = wire.DEFAULT_MIN_TTL if min_ttl is None else max(0.0, min_ttl)
+                return self._actor(name).token_now(ttl)
+            case wire.Hello(protocol=wire.PROTOCOL_VERSION) | wire.Status() | wire.ListServers():
+                return self._answer(req)
+        return None
+
     async def handle(self, req: wire.Request) -> wire.Result:
         if self.stopping and isinstance(req, _STOPPING_REFUSES):
             raise wire.WireError(
@@ -181,26 +196,8 @@ class Broker:
                 return await self._actor(name).token_rejected(token, header)
             case wire.ScopeInsufficient(server=name, token=token, scopes=scopes, www_authenticate=header):
                 return await self._actor(name).scope_insufficient(token, scopes, header)
-            case wire.Hello(protocol=protocol):
-                if protocol != wire.PROTOCOL_VERSION:
-                    raise wire.WireError(
-                        "unsupported_protocol",
-                        f"this daemon speaks protocol {wire.PROTOCOL_VERSION}, not {protocol}",
-                        "upgrade the client or the daemon so that both match",
-                    )
-                return wire.HelloResult(
-                    protocol=wire.PROTOCOL_VERSION,
-                    version=__version__,
-                    pid=os.getpid(),
-                    stopping=self.stopping,
-                )
-            case wire.Status(server=name):
-                names = [name] if name is not None else list(self.actors)
-                servers = [self._server_status(n) for n in names]
-                return wire.StatusResult(daemon=self._daemon_status(), servers=servers)
-            case wire.ListServers(url=url):
-                names = list(self.actors) if url is None else self.find(url)
-                return wire.ListResult(servers=[self._listing(name) for name in names])
+            case wire.Hello() | wire.Status() | wire.ListServers():
+                return self._answer(req)
             case wire.Reload():
                 return self.reload()
             case wire.SetAccessKey(server=name, key=key):
@@ -224,6 +221,31 @@ class Broker:
                 self.shutdown_requested.set()
                 return wire.ShutdownResult()
         raise AssertionError(f"unhandled request {type(req).__name__}")  # pragma: no cover
+
+    def _answer(self, req: wire.Hello | wire.Status | wire.ListServers) -> wire.Result:
+        """The requests answered from memory alone."""
+        match req:
+            case wire.Hello(protocol=protocol):
+                if protocol != wire.PROTOCOL_VERSION:
+                    raise wire.WireError(
+                        "unsupported_protocol",
+                        f"this daemon speaks protocol {wire.PROTOCOL_VERSION}, not {protocol}",
+                        "upgrade the client or the daemon so that both match",
+                    )
+                return wire.HelloResult(
+                    protocol=wire.PROTOCOL_VERSION,
+                    version=__version__,
+                    pid=os.getpid(),
+                    stopping=self.stopping,
+                )
+            case wire.Status(server=name):
+                names = [name] if name is not None else list(self.actors)
+                servers = [self._server_status(n) for n in names]
+                return wire.StatusResult(daemon=self._daemon_status(), servers=servers)
+            case wire.ListServers(url=url):
+                names = list(self.actors) if url is None else self.find(url)
+                return wire.ListResult(servers=[self._listing(name) for name in names])
+        raise AssertionError(f"not answered from memory: {type(req).__name__}")  # pragma: no cover
 
     def _with_aliases(self, name: str, result: _WithAliases) -> _WithAliases:
         """``result`` with the other names of the grant the request acted on, so the answer can say so."""

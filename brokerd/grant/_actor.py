@@ -176,6 +176,19 @@ class OAuthActor(Actor):
         """
         return await self.serve(min_ttl)
 
+    def token_now(self, min_ttl: float) -> TokenResult | None:
+        """The token, when the machine says serve at once and nothing needs doing first (loaded, saved);
+        None otherwise — ``get_token`` then carries the decision out. Never waits, never does I/O."""
+        grant = self.grant
+        tokens = grant.tokens
+        if not grant.loaded or grant.unsaved or tokens is None:
+            return None
+        now = self._ctx.clock()
+        decision = renewal.decide(grant.state, now=now, min_ttl=min_ttl, asked_at=now)
+        if decision.action is not renewal.Action.SERVE:
+            return None
+        return TokenResult.at(now, tokens.access_token, tokens.token_type, tokens.expires_at)
+
     async def serve(self, min_ttl: float, *, refused: Secret | None = None) -> TokenResult:
         """Carry out the machine's decisions for one caller until it says serve or refuse.
 

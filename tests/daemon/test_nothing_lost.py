@@ -381,3 +381,57 @@ async def test_a_grant_is_refreshed_on_schedule_before_its_first_request(
     saved = store.records[URL].tokens
     assert saved is not None
     assert saved.refresh_token == Secret("rt-2")
+
+
+async def test_answer_now_is_what_handle_would_answer(
+    tmp_path: Path, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The socket server's answer-at-once hook never answers differently from the handler: at every
+    moment of a grant's life (fresh, due, refreshing, expired, failing, stopping) an answer from
+    ``answer_now`` equals ``handle``'s, and it answers nothing that would need waiting."""
+    endpoint = TokenEndpoint(60)
+    servers = {
+        "s": oauth_entry(),
+        "k": {"url": "https://k.example/mcp", "auth": {"type": "bearer", "token": "key-k"}},
+    }
+    broker = Broker(
+        broker_config(tmp_path, servers),
+        seeded_store(60),
+        oauth=context(nursery, endpoint),
+        socket_path=tmp_path / "s.sock",
+    )
+    requests: list[wire.Request] = [
+        wire.GetToken(server="s", min_ttl=0),
+        wire.GetToken(server="s", min_ttl=30),
+        wire.GetToken(server="k"),
+        wire.Hello(),
+        wire.ListServers(),
+        wire.Status(server="s"),
+    ]
+    answered_now = 0
+
+    async def compare() -> None:
+        nonlocal answered_now
+        for request in requests:
+            now = broker.answer_now(request)
+            if now is not None:
+                answered_now += 1
+                assert now == await broker.handle(request), request
+
+    await trio.sleep(1)  # loaded at start
+    await compare()  # fresh
+    await trio.sleep(35)
+    await compare()  # near the refresh point
+    endpoint.fail_next = 10_000
+    await trio.sleep(40)
+    await compare()  # the refresh failed, the token expired: nothing for "s" at once
+    assert broker.answer_now(wire.GetToken(server="s", min_ttl=0)) is None
+    endpoint.fail_next = 0
+    endpoint.gate = trio.Event()
+    await trio.sleep(400)
+    await compare()  # a refresh in flight
+    endpoint.gate.set()
+    await trio.sleep(1)
+    broker.begin_stop()
+    await compare()  # stopping
+    assert answered_now >= 15
