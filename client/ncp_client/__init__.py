@@ -21,6 +21,7 @@ from ncp_client._errors import (
     NeedsLogin,
     ProtocolError,
     ServerError,
+    Stopping,
     UnknownServer,
 )
 from ncp_client._paths import default_socket_path
@@ -46,6 +47,7 @@ __all__ = [
     "NeedsLogin",
     "ProtocolError",
     "ServerError",
+    "Stopping",
     "UnknownServer",
     "acall",
     "aget_token",

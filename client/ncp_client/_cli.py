@@ -79,13 +79,6 @@ def _parse(argv: Sequence[str]) -> dict[str, object]:
     return opts
 
 
-def _url_key(url: str) -> str:
-    from urllib.parse import urlsplit  # only when the server is named by its URL
-
-    parts = urlsplit(url.strip())
-    return f"{parts.scheme.lower()}://{parts.netloc.lower()}{parts.path.rstrip('/')}"
-
-
 def _server_from_env(timeout: float) -> str:
     name = os.environ.get("CLAUDE_CODE_MCP_SERVER_NAME")
     if name:
@@ -93,10 +86,10 @@ def _server_from_env(timeout: float) -> str:
     url = os.environ.get("CLAUDE_CODE_MCP_SERVER_URL")
     if not url:
         raise _Usage("no SERVER given, and neither CLAUDE_CODE_MCP_SERVER_NAME nor _URL is set")
-    listing = call({"op": "list"}, timeout=timeout)
-    wanted = _url_key(url)
+    # The daemon decides which entries name that server (brokerd.oauth.canonical_url, the one rule).
+    listing = call({"op": "list", "url": url}, timeout=timeout)
     for entry in listing.get("servers", []) if isinstance(listing, dict) else []:
-        if isinstance(entry, dict) and entry.get("url") and _url_key(str(entry["url"])) == wanted:
+        if isinstance(entry, dict) and entry.get("brokered") and isinstance(entry.get("name"), str):
             return str(entry["name"])
     raise UnknownServer(
         "unknown_server",

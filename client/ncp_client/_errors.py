@@ -7,9 +7,10 @@
         ├── UnknownServer           ``unknown_server``
         ├── NeedsLogin              ``needs_login``, ``login_in_progress``, ``login_unavailable``
         ├── AuthServerUnreachable   ``as_unreachable``
+        ├── Stopping                ``stopping``: the daemon is stopping and starts no new exchange
         └── InsufficientScope       ``insufficient_scope`` (step-up gave up)
 
-Exit statuses (``ncp-token``): 0 ok, 2 usage, 3 not running, 4 unknown server, 5 needs login,
+Exit statuses (``ncp-token``): 0 ok, 2 usage, 3 not running (or stopping), 4 unknown server, 5 needs login,
 6 authorization server unreachable, 7 protocol error, 1 anything else the daemon refused.
 """
 
@@ -23,6 +24,7 @@ __all__ = [
     "NeedsLogin",
     "ProtocolError",
     "ServerError",
+    "Stopping",
     "UnknownServer",
     "error_from_answer",
 ]
@@ -69,6 +71,12 @@ class InsufficientScope(ServerError):
     pass
 
 
+class Stopping(ServerError):
+    """The daemon is stopping: it serves what it holds but starts no new exchange. Start it again."""
+
+    exit_status = 3
+
+
 _BY_CODE: dict[str, type[ServerError]] = {
     "unknown_server": UnknownServer,
     "needs_login": NeedsLogin,
@@ -76,6 +84,7 @@ _BY_CODE: dict[str, type[ServerError]] = {
     "login_unavailable": NeedsLogin,
     "as_unreachable": AuthServerUnreachable,
     "insufficient_scope": InsufficientScope,
+    "stopping": Stopping,
 }
 
 

@@ -160,7 +160,8 @@ def test_ncp_token_reads_server_from_claude_code_env(env: Env, daemon: Daemon) -
     by_url = env.run(
         "ncp-token",
         "--headers-json",
-        extra_env={"CLAUDE_CODE_MCP_SERVER_URL": "https://mcp.example.com/mcp/"},
+        # the daemon's rule for "the same server": host case, the default port, a trailing slash
+        extra_env={"CLAUDE_CODE_MCP_SERVER_URL": "https://mcp.example.com:443/mcp/"},
     )
     assert json.loads(by_url.stdout) == {"Authorization": f"Bearer {KEY}"}, by_url.stderr
     unmatched = env.run("ncp-token", extra_env={"CLAUDE_CODE_MCP_SERVER_URL": "https://other.example/mcp"})

@@ -133,3 +133,22 @@ def test_without_the_c_accelerator_json_is_used() -> None:
         [sys.executable, "-S", "-c", code], capture_output=True, text=True, env=env, timeout=60, check=False
     )
     assert out.stdout.strip() == "fallback ok", out.stderr
+
+
+def test_error_codes_map_to_classes_and_exit_statuses() -> None:
+    """Each error code of the daemon becomes the client's class for it, with ncp-token's exit status
+    (docs/protocol.md's table): stopping is 3, like a daemon that is not running."""
+    from ncp_client._errors import error_from_answer
+
+    expected = {
+        "unknown_server": ("UnknownServer", 4),
+        "needs_login": ("NeedsLogin", 5),
+        "login_in_progress": ("NeedsLogin", 5),
+        "as_unreachable": ("AuthServerUnreachable", 6),
+        "stopping": ("Stopping", 3),
+        "config_conflict": ("ServerError", 1),
+        "internal": ("ServerError", 1),
+    }
+    for code, (name, status) in expected.items():
+        exc = error_from_answer({"code": code, "message": "m", "hint": "h"})
+        assert (type(exc).__name__, exc.exit_status, exc.code) == (name, status, code)
