@@ -7,6 +7,7 @@ never from the command line, where every user on the machine could see them in `
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -103,7 +104,7 @@ def cmd_login(args: argparse.Namespace) -> int:
     if mode == "device":
         print(f"on any device, open:\n\n  {url}\n\nand enter the code:  {started.get('user_code')}\n")
         print("waiting for you to approve…")
-        result = call(args, {"op": "login_wait", "server": args.name}, timeout=LOGIN_WAIT)
+        result = _wait(args, {"op": "login_wait", "server": args.name})
     elif mode == "browser":
         if started.get("opened_elsewhere"):
             print(f"the browser was opened for it already; finish there, or open:\n\n  {url}\n")
@@ -111,16 +112,21 @@ def cmd_login(args: argparse.Namespace) -> int:
             print(f"opened your browser to log in to {args.name}; if nothing appeared, open:\n\n  {url}\n")
         else:
             print(f"open this URL in a browser to log in to {args.name}:\n\n  {url}\n")
-        result = call(args, {"op": "login_wait", "server": args.name}, timeout=LOGIN_WAIT)
+        result = _wait(args, {"op": "login_wait", "server": args.name})
     else:
         print(f"open this URL in any browser to log in to {args.name}:\n\n  {url}\n")
-        print("then paste the code, or the whole address the browser was sent to, here:")
+        print("then paste the code, or the whole address the browser was sent to, here:", flush=True)
         pasted = read_secret("-", "code or redirect URL").reveal()
-        request = {"op": "login_complete", "server": args.name, "response": pasted}
-        result = call(args, request, timeout=LOGIN_WAIT)
+        result = _wait(args, {"op": "login_complete", "server": args.name, "response": pasted})
     expires = result.get("expires_at")
     print(f"Authorized {args.name}" + (f" (token valid until {fmt_time(expires)})" if expires else ""))
     return EXIT_OK
+
+
+def _wait(args: argparse.Namespace, request: dict[str, Any]) -> Any:
+    """What was printed reaches the person before the long wait for their login (stdout may be a pipe)."""
+    sys.stdout.flush()
+    return call(args, request, timeout=LOGIN_WAIT)
 
 
 def _open_browser(url: str) -> bool:
