@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from brokerd import __version__, paths
-from brokerd.cli import _daemon, _servers, _status
+from brokerd.cli import _daemon, _proxy, _servers, _status
 from brokerd.cli._common import CliError
 
 __all__ = ["main"]
@@ -51,7 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    for group in (_daemon, _status, _servers):
+    for group in (_daemon, _status, _servers, _proxy):
         group.register(sub)
     return p
 

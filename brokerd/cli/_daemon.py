@@ -12,7 +12,7 @@ from typing import Any
 from brokerd import fsutil, paths
 from brokerd.cli._common import EXIT_OK, CliError, call, running
 
-__all__ = ["register"]
+__all__ = ["register", "start_background"]
 
 START_TIMEOUT = 15.0
 STOP_TIMEOUT = 10.0
@@ -27,10 +27,19 @@ def cmd_start(args: argparse.Namespace) -> int:
     if hello := running(args):
         print(f"ncp-broker is already running (pid {hello.get('pid')}) on {args.socket}")
         return EXIT_OK
-    return _start_background(args)
+    print(start_background(args))
+    return EXIT_OK
 
 
-def _start_background(args: argparse.Namespace) -> int:
+def start_background(args: argparse.Namespace) -> str:
+    """Start the daemon in the background as ``ncp-broker start`` does; returns the line to show.
+
+    Also what ``ncp-broker proxy`` runs when nothing answers on the socket (its stdout is the host's, so
+    this prints nothing itself).
+
+    Raises:
+        CliError: the daemon reported why it could not start, or did not report readiness in time.
+    """
     try:
         fsutil.ensure_private_dir(paths.state_dir())
     except (OSError, fsutil.UnsafePathError) as exc:
@@ -56,11 +65,9 @@ def _start_background(args: argparse.Namespace) -> int:
         os.close(log_fd)
     answer = _read_readiness(read_end, START_TIMEOUT)
     if answer == "ready":
-        print(f"ncp-broker started (pid {child.pid}) on {args.socket}; log: {log_file}")
-        return EXIT_OK
+        return f"ncp-broker started (pid {child.pid}) on {args.socket}; log: {log_file}"
     if answer.startswith("error ") and "already running" in answer:
-        print(answer[6:])
-        return EXIT_OK
+        return answer[6:]
     if answer.startswith("error "):
         raise CliError(f"ncp-broker did not start: {answer[6:]}\n  log: {log_file}")
     status = child.poll()
