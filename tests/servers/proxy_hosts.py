@@ -111,7 +111,8 @@ class RawHost:
         except queue.Empty:
             raise AssertionError(f"no answer within {timeout} s; stderr:\n{self.stderr()}") from None
         assert line, f"the proxy closed its output; stderr:\n{self.stderr()}"
-        assert line.endswith(b"\n") and line.count(b"\n") == 1
+        assert line.endswith(b"\n")
+        assert line.count(b"\n") == 1
         message: dict[str, Any] = json.loads(line)
         return message
 
@@ -172,5 +173,3 @@ class RawHost:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-

@@ -31,7 +31,9 @@ from ncp_client._protocol import DEFAULT_TIMEOUT, MAX_ANSWER, encode, not_runnin
 __all__ = ["AUTOSTART_INTERVAL", "BrokerLink", "ServerAuth", "Target"]
 
 AUTOSTART_INTERVAL = 30.0  # at most one start attempt this often, however many requests fail
-_LONG = 370.0  # the daemon bounds a login to 300 s plus up to 60 s to learn its URL (ncp_client.LOGIN_TIMEOUT)
+_LONG = (
+    370.0  # the daemon bounds a login to 300 s plus up to 60 s to learn its URL (ncp_client.LOGIN_TIMEOUT)
+)
 
 
 class BrokerLink:
@@ -71,7 +73,9 @@ class BrokerLink:
                 except trio.TooSlowError:
                     await self._drop()  # an answer may still come: the connection is out of step
                     raise ProtocolError(
-                        "timeout", f"ncp-broker did not answer within {timeout:g} s", "see `ncp-broker status`"
+                        "timeout",
+                        f"ncp-broker did not answer within {timeout:g} s",
+                        "see `ncp-broker status`",
                     ) from None
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, EOFError):
                     await self._drop()  # the daemon went away (restarted?): open a new connection once
@@ -211,7 +215,12 @@ class ServerAuth:
             if self._login_timeout is None:
                 return None
             self._say(f"{name} asks for more scope; the broker re-authorizes (a browser tab may open)")
-            step_up = {"op": "scope_insufficient", "server": name, "token": token, "www_authenticate": challenge}
+            step_up = {
+                "op": "scope_insufficient",
+                "server": name,
+                "token": token,
+                "www_authenticate": challenge,
+            }
             try:
                 return _token(await self._link.call_alone(step_up, timeout=_LONG))
             except InsufficientScope as exc:

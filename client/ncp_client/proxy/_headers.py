@@ -36,11 +36,11 @@ __all__ = [
 
 META_VERSION = "io.modelcontextprotocol/protocolVersion"
 FIRST_MODERN = "2026-07-28"  # per-request metadata, no sessions, no GET stream, request headers
-_DATED = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_DATED = re.compile(r"\d{4}-\d{2}-\d{2}")
 _NAME_FIELD = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
-_HEADER_SAFE = re.compile(r"^[\x20-\x7e]*$")
-_SENTINEL = re.compile(r"^=\?base64\?.*\?=$", re.DOTALL)
-_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # RFC 9110 tchar
+_HEADER_SAFE = re.compile(r"[\x20-\x7e]*")
+_SENTINEL = re.compile(r"=\?base64\?.*\?=", re.DOTALL)
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 tchar
 _HEADER_TYPES = frozenset({"string", "integer", "boolean"})
 # JSON Schema keywords whose values are schemas; crossing any of them leaves the `properties` chain, where
 # an annotation is invalid. `$ref` is not followed (a client must not dereference, SEP-2106).
@@ -54,7 +54,7 @@ _SUB_MAP = frozenset({"patternProperties", "dependentSchemas", "$defs", "definit
 
 def is_modern(version: str | None) -> bool:
     """True for 2026-07-28 and later revisions (dated versions compare as strings)."""
-    return version is not None and bool(_DATED.match(version)) and version >= FIRST_MODERN
+    return version is not None and bool(_DATED.fullmatch(version)) and version >= FIRST_MODERN
 
 
 def meta_version(params: Mapping[str, Any]) -> str | None:
@@ -64,8 +64,9 @@ def meta_version(params: Mapping[str, Any]) -> str | None:
 
 
 def encode_value(value: str) -> str:
-    """A header value, Base64-wrapped unless it is printable ASCII without edge whitespace or sentinel look."""
-    if _HEADER_SAFE.match(value) and value == value.strip() and not _SENTINEL.match(value):
+    """``value`` as a header value: Base64-wrapped unless printable ASCII, without edge whitespace, and
+    not itself looking like the wrapping."""
+    if _HEADER_SAFE.fullmatch(value) and value == value.strip() and not _SENTINEL.fullmatch(value):
         return value
     return f"=?base64?{base64.b64encode(value.encode()).decode()}?="
 
@@ -99,7 +100,7 @@ def invalid_annotation(schema: Any) -> str | None:
             return "x-mcp-header outside a chain of `properties`"
         where = ".".join(path)
         token = node["x-mcp-header"]
-        if not isinstance(token, str) or not _TOKEN.match(token):
+        if not isinstance(token, str) or not _TOKEN.fullmatch(token):
             return f"property {where!r}: x-mcp-header is not an HTTP token"
         if node.get("type") not in _HEADER_TYPES:
             return f"property {where!r}: x-mcp-header needs type string, integer or boolean"

@@ -161,7 +161,9 @@ class StreamableHttp:
         if message.method == "initialize" and (session := response.headers.get("mcp-session-id")):
             self.session_id = session
         if status == 202 or not response.headers.get("content-type"):
-            await self._fail(message, _error("the server answered a request with no response (HTTP 202)", self.up.name))
+            await self._fail(
+                message, _error("the server answered a request with no response (HTTP 202)", self.up.name)
+            )
         elif is_event_stream(response):
             await self._read_answers(message, response)
         elif response.headers["content-type"].lower().startswith("application/json"):
@@ -171,7 +173,9 @@ class StreamableHttp:
                 await self._fail(message, exc.answer)
         else:
             kind = response.headers["content-type"].partition(";")[0]
-            await self._fail(message, _error(f"the server answered with an unexpected content type {kind!r}", self.up.name))
+            await self._fail(
+                message, _error(f"the server answered with an unexpected content type {kind!r}", self.up.name)
+            )
         return True
 
     async def _read_answers(self, message: Message, response: httpx.Response) -> None:
@@ -198,7 +202,9 @@ class StreamableHttp:
                 self.up.debug(f"an answer stream broke: {type(exc).__name__}")
             resumes = 0 if delivered else resumes + 1
             if last_id is None or resumes > MAX_RESUMES or self.session_id is None:
-                await self._fail(message, _error("the server closed the stream before it answered", self.up.name))
+                await self._fail(
+                    message, _error("the server closed the stream before it answered", self.up.name)
+                )
                 return
             await response.aclose()
             await trio.sleep((retry_ms if retry_ms is not None else DEFAULT_RETRY_MS) / 1000)
@@ -209,7 +215,10 @@ class StreamableHttp:
                 return
             if response.status_code != 200 or not is_event_stream(response):
                 await response.aclose()
-                await self._fail(message, _error(f"resuming the answer stream got HTTP {response.status_code}", self.up.name))
+                await self._fail(
+                    message,
+                    _error(f"resuming the answer stream got HTTP {response.status_code}", self.up.name),
+                )
                 return
 
     def _resume_headers(self, last_id: str) -> dict[str, str]:
@@ -264,7 +273,9 @@ class StreamableHttp:
         if not rejected or not is_modern(version or self.negotiated):
             return False
         for name, reason in rejected.items():
-            self.up.say(f"{self.up.name}: tool {name!r} left out of tools/list: invalid x-mcp-header ({reason})")
+            self.up.say(
+                f"{self.up.name}: tool {name!r} left out of tools/list: invalid x-mcp-header ({reason})"
+            )
         result["tools"] = [t for t in tools if not (isinstance(t, dict) and t.get("name") in rejected)]
         return True
 
@@ -310,7 +321,9 @@ class StreamableHttp:
                     self.up.debug(f"GET stream broke: {type(exc).__name__}")
                 finally:
                     await response.aclose()
-            delay = retry_ms / 1000 if retry_ms is not None else min(30.0, DEFAULT_RETRY_MS / 1000 * 2**failures)
+            delay = (
+                retry_ms / 1000 if retry_ms is not None else min(30.0, DEFAULT_RETRY_MS / 1000 * 2**failures)
+            )
             await trio.sleep(delay)
         self.up.say(f"{self.up.name}: the GET stream failed {failures} times in a row; not reopened")
 
@@ -323,7 +336,9 @@ class StreamableHttp:
         for ident in ids:
             await self.up.write(answer(ident))
 
-    async def _http_error(self, message: Message, response: httpx.Response, error: dict[str, Any] | None) -> None:
+    async def _http_error(
+        self, message: Message, response: httpx.Response, error: dict[str, Any] | None
+    ) -> None:
         status = response.status_code
         if error is not None and message.kind == "request":
             error["id"] = message.id if error.get("id") is None else error["id"]

@@ -51,13 +51,17 @@ class LegacySse:
         started = False
         try:
             if response.status_code != 200 or not is_event_stream(response):
-                raise UpstreamError(f"{self.up.name}: the SSE stream was answered HTTP {response.status_code}")
+                raise UpstreamError(
+                    f"{self.up.name}: the SSE stream was answered HTTP {response.status_code}"
+                )
             with trio.CancelScope(deadline=trio.current_time() + ENDPOINT_TIMEOUT) as waiting_for_endpoint:
                 async for event in events(response, self.up.limit):
                     if event.event == "endpoint":
                         endpoint = urljoin(self.up.url, event.data.strip())
                         if _origin(endpoint) != _origin(self.up.url):
-                            raise UpstreamError(f"{self.up.name}: the SSE endpoint is on another origin; refused")
+                            raise UpstreamError(
+                                f"{self.up.name}: the SSE endpoint is on another origin; refused"
+                            )
                         self.endpoint = endpoint
                         if not started:
                             started = True

@@ -12,6 +12,7 @@ broker's hint, and the next message tries again.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
 from collections.abc import Callable
@@ -125,7 +126,13 @@ class Proxy:
             assert self.nursery is not None
             auth = ServerAuth(self.link, target, login_timeout=self.opts.login_timeout, say=self.log.say)
             up = Upstream(
-                target.url, self.client, auth, self.host, self.log.say, self.log.debug, self.opts.max_message_bytes
+                target.url,
+                self.client,
+                auth,
+                self.host,
+                self.log.say,
+                self.log.debug,
+                self.opts.max_message_bytes,
             )
             if self.opts.transport == "sse":
                 legacy = LegacySse(up, self.nursery)
@@ -155,7 +162,9 @@ class Proxy:
         if line is OVERSIZED:
             limit = self.opts.max_message_bytes
             self.log.say(f"a message over {limit} bytes from the host was skipped (--max-message-bytes)")
-            await self._answer(error_line(None, INVALID_REQUEST, f"ncp-broker proxy: message over {limit} bytes"))
+            await self._answer(
+                error_line(None, INVALID_REQUEST, f"ncp-broker proxy: message over {limit} bytes")
+            )
             return
         try:
             message = parse(line)
@@ -176,7 +185,8 @@ class Proxy:
         try:
             await transport.send(message)
         except LegacyServer as exc:
-            assert isinstance(transport, StreamableHttp) and self.nursery is not None
+            assert isinstance(transport, StreamableHttp)
+            assert self.nursery is not None
             self.log.say(f"{transport.up.name} answered a POST with {exc}: using HTTP+SSE (2024-11-05)")
             legacy = LegacySse(transport.up, self.nursery)
             await legacy.connect()
@@ -184,10 +194,8 @@ class Proxy:
             await legacy.send(message)
 
     async def _answer(self, line: bytes) -> None:
-        try:
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
             await self.host.send(line)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
 
     async def close(self) -> None:
         if self.transport is not None:

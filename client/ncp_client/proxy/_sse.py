@@ -23,7 +23,7 @@ class EventTooLarge(Exception):
 
 
 def is_event_stream(response: httpx.Response) -> bool:
-    kind = response.headers.get("content-type", "").partition(";")[0].strip().lower()
+    kind = str(response.headers.get("content-type", "")).partition(";")[0].strip().lower()
     return kind == "text/event-stream"
 
 
