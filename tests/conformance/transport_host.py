@@ -1,7 +1,7 @@
 """A host for the conformance suite's client *transport* scenarios: the mcp SDK's ``Client``, reaching the
 suite's server either directly (Streamable HTTP) or through ``ncp-broker proxy`` (stdio).
 
-    transport_host.py direct|proxy SERVER_URL        (the suite appends SERVER_URL)
+    transport_host.py direct|proxy|command SERVER_URL        (the suite appends SERVER_URL)
 
 Both ways run the same scenario code (the table below), so the suite's checks compare the proxy with the
 SDK's own HTTP transport. ``proxy`` writes a private temporary broker config with one server, ``conf``, at
@@ -9,7 +9,9 @@ SERVER_URL (an access-key server, since the scenarios need no login: the key is 
 ``Authorization: Bearer``, which these scenarios do not check), and runs the host with the proxy as its
 stdio server; the proxy starts the daemon itself (autostart) and this program stops it afterwards
 (``ncp-broker stop``). The proxy's stderr and the daemon's log go to this program's stderr, which the suite
-keeps in ``stderr.txt``.
+keeps in ``stderr.txt``. ``command`` runs another stdio bridge instead, for comparison: the argv in
+``$TRANSPORT_HOST_COMMAND`` (JSON list; ``{url}`` is replaced by SERVER_URL), e.g. PyPI's ``mcp-proxy`` or
+npm's ``mcp-remote`` (docs/architecture.md records such a run; CI runs only ``direct`` and ``proxy``).
 
 Per scenario (``MCP_CONFORMANCE_SCENARIO``; ``MCP_CONFORMANCE_PROTOCOL_VERSION`` picks the SDK's mode:
 ``auto``, with ``server/discover``, from 2026-07-28, else ``legacy``, the ``initialize`` handshake):
@@ -168,8 +170,12 @@ async def _client(how: str, url: str, env: dict[str, str] | None) -> AsyncIterat
         async with Client(streamable_http_client(url), **options) as client:
             yield client
         return
-    assert env is not None
-    params = StdioServerParameters(command=sys.executable, args=["-m", "brokerd", "proxy", SERVER], env=env)
+    if how == "command":
+        argv = [part.replace("{url}", url) for part in json.loads(os.environ["TRANSPORT_HOST_COMMAND"])]
+        params = StdioServerParameters(command=argv[0], args=argv[1:], env=dict(os.environ))
+    else:
+        assert env is not None
+        params = StdioServerParameters(command=sys.executable, args=["-m", "brokerd", "proxy", SERVER], env=env)
     async with Client(stdio_client(params, errlog=sys.stderr), **options) as client:
         yield client
 
@@ -181,12 +187,12 @@ async def _run(how: str, url: str, env: dict[str, str] | None) -> None:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) < 3 or argv[1] not in ("direct", "proxy"):
-        sys.stderr.write("usage: transport_host.py direct|proxy SERVER_URL (run by the conformance suite)\n")
+    if len(argv) < 3 or argv[1] not in ("direct", "proxy", "command"):
+        sys.stderr.write("usage: transport_host.py direct|proxy|command SERVER_URL (run by the suite)\n")
         return 2
     how, url = argv[1], argv[-1]
     try:
-        if how == "direct":
+        if how != "proxy":
             anyio.run(_run, how, url, None)
         else:
             with _broker(url) as env:
