@@ -134,7 +134,8 @@ class RawHost:
         return answer
 
     def stderr(self) -> str:
-        self._err.flush()
+        if not self._err.closed:
+            self._err.flush()
         return self.log.read_text(errors="replace")
 
     def close_stdin(self) -> None:

@@ -139,11 +139,12 @@ class BrokerLink:
 
     def _not_running(self, why: str) -> BrokerError:
         error = not_running(self.socket_path, why)
+        error.hint = "ncp-broker start"  # the command alone, as every other hint
         if self._autostart is None:
-            error.hint = "start it with: ncp-broker start (NCP_BROKER_NO_AUTOSTART is set)"
+            error.message += " and NCP_BROKER_NO_AUTOSTART is set"
         if not self._told_not_running:  # one line per outage, not one per request
             self._told_not_running = True
-            self._say(f"{error.message}; {error.hint}")
+            self._say(f"{error.message}; start it with: {error.hint}")
         return error
 
 

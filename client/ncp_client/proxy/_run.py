@@ -151,6 +151,8 @@ class Proxy:
             self._tell(exc)
 
     def _tell(self, exc: UpstreamError) -> None:
+        if exc.broker_code == "not_running":
+            return  # the broker link says that itself, once per outage
         line = f"{exc.message} (run: {exc.hint})" if exc.hint else exc.message
         if line not in self._told:  # once per problem, not once per request
             self._told.add(line)
