@@ -690,15 +690,17 @@ class OAuthActor:
         if login.mode == "browser" and not opened_elsewhere:
             if will_open:
                 login.opened = True  # the caller (ncp-broker login, ncp-token) opens it
-            elif open_browser and not await open_browser_(login.url, policy=self._policy):
-                raise WireError(
-                    "needs_login",
-                    f"{self.server.name}: a login is waiting at {login.url}, but the daemon could not open "
-                    "a browser",
-                    f"open that URL, or run: ncp-broker login {self.server.name}",
-                )
             elif open_browser:
+                # Claimed before the await: callers that woke with this one must not open a second tab.
                 login.opened = True
+                if not await open_browser_(login.url, policy=self._policy):
+                    login.opened = False
+                    raise WireError(
+                        "needs_login",
+                        f"{self.server.name}: a login is waiting at {login.url}, but the daemon could not "
+                        "open a browser",
+                        f"open that URL, or run: ncp-broker login {self.server.name}",
+                    )
         return {
             "url": login.url,
             "user_code": login.user_code,

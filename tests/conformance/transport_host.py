@@ -127,7 +127,11 @@ async def _scenario(client: Client, scenario: str) -> None:
 
 def _callbacks(scenario: str) -> dict[str, Callable[..., Awaitable[Any]]]:
     if scenario == "request-metadata":
-        return {"sampling_callback": _sample, "list_roots_callback": _roots, "elicitation_callback": _with_defaults}
+        return {
+            "sampling_callback": _sample,
+            "list_roots_callback": _roots,
+            "elicitation_callback": _with_defaults,
+        }
     if scenario == "elicitation-sep1034-client-defaults":
         return {"elicitation_callback": _with_defaults}
     if scenario == "sep-2322-client-request-state":
@@ -175,7 +179,9 @@ async def _client(how: str, url: str, env: dict[str, str] | None) -> AsyncIterat
         params = StdioServerParameters(command=argv[0], args=argv[1:], env=dict(os.environ))
     else:
         assert env is not None
-        params = StdioServerParameters(command=sys.executable, args=["-m", "brokerd", "proxy", SERVER], env=env)
+        params = StdioServerParameters(
+            command=sys.executable, args=["-m", "brokerd", "proxy", SERVER], env=env
+        )
     async with Client(stdio_client(params, errlog=sys.stderr), **options) as client:
         yield client
 

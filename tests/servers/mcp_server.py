@@ -184,7 +184,8 @@ class _Guard:
                 self.refuse_next -= 1
                 self.stats.refused_tokens += 1
                 header = f'Bearer error="invalid_token", resource_metadata="{self._metadata_url}"'
-                await _send_json(send, 401, {"error": "invalid_token"}, [(b"www-authenticate", header.encode())])
+                refusal = [(b"www-authenticate", header.encode())]
+                await _send_json(send, 401, {"error": "invalid_token"}, refusal)
                 return
 
         async def counting_send(message: Message) -> None:
