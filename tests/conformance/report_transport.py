@@ -40,6 +40,10 @@ def _failed(checks: list[dict[str, Any]] | None) -> list[str]:
     ]
 
 
+def _word(failures: list[str]) -> str:
+    return "fail" if failures else "pass"
+
+
 def main(argv: list[str]) -> int:
     if len(argv) < 3:
         sys.stderr.write("usage: report_transport.py RESULTS_DIR VERSION...\n")
@@ -52,7 +56,8 @@ def main(argv: list[str]) -> int:
         vdir = out / version
         direct, proxy = _checks(vdir / "direct"), _checks(vdir / "proxy")
         for scenario in (vdir / "expected.txt").read_text(encoding="utf-8").split():
-            d, p = _failed(direct.get(scenario)), _failed(proxy.get(scenario))
+            d: list[str] = _failed(direct.get(scenario))
+            p: list[str] = _failed(proxy.get(scenario))
             if d:
                 verdict = "host fails"
                 details += [f"{version} {scenario} direct: {line}" for line in d]
@@ -63,11 +68,11 @@ def main(argv: list[str]) -> int:
                 verdict = "pass"
                 passed += 1
             details += [f"{version} {scenario} proxy: {line}" for line in p]
-            rows.append((version, scenario, "fail" if d else "pass", "fail" if p else "pass", verdict))
+            rows.append((version, scenario, _word(d), _word(p), verdict))
     width = max(len(r[1]) for r in rows)
     print(f"\n{'version':<11} {'scenario':<{width}}  direct  proxy  verdict")
-    for version, scenario, d, p, verdict in rows:
-        print(f"{version:<11} {scenario:<{width}}  {d:<6}  {p:<5}  {verdict}")
+    for version, scenario, direct_word, proxy_word, verdict in rows:
+        print(f"{version:<11} {scenario:<{width}}  {direct_word:<6}  {proxy_word:<5}  {verdict}")
     if details:
         print("\n" + "\n".join(details))
     print(f"\ntransport conformance: {passed} passed, {failed} failed")

@@ -120,8 +120,8 @@ async def _scenario(client: Client, scenario: str) -> None:
     elif scenario == "elicitation-sep1034-client-defaults":
         await client.call_tool("test_client_elicitation_defaults", {})
     elif scenario == "sep-2322-client-request-state":
-        for tool in ("test_mrtr_echo_state", "test_mrtr_unrelated", "test_mrtr_no_state"):
-            await client.call_tool(tool, {})
+        for name in ("test_mrtr_echo_state", "test_mrtr_unrelated", "test_mrtr_no_state"):
+            await client.call_tool(name, {})
         await client.call_tool("test_mrtr_no_result_type", {})
 
 

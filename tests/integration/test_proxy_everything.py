@@ -73,7 +73,8 @@ async def _elicit(context: Any, params: Any) -> types.ElicitResult:
 
 
 async def _roots(context: Any) -> types.ListRootsResult:
-    return types.ListRootsResult(roots=[types.Root(uri="file:///tmp/host-root", name="host-root")])
+    root = types.Root.model_validate({"uri": "file:///tmp/host-root", "name": "host-root"})
+    return types.ListRootsResult(roots=[root])
 
 
 def test_server_requests_reach_the_host_and_its_answers_reach_the_server(
@@ -81,10 +82,10 @@ def test_server_requests_reach_the_host_and_its_answers_reach_the_server(
 ) -> None:
     """Sampling, form and URL elicitation, roots: each server request is answered by the host's callback,
     and the answer is in the tool's result; ping and progress pass too."""
-    progress: list[float] = []
+    seen: list[float] = []
 
-    async def on_progress(value: float, total: float | None, message: str | None) -> None:
-        progress.append(value)
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        seen.append(progress)
 
     async def session() -> dict[str, str]:
         async with sdk_host(
@@ -112,7 +113,7 @@ def test_server_requests_reach_the_host_and_its_answers_reach_the_server(
     assert "Ada" in out["form"]
     assert "accept" in out["url"]
     assert "file:///tmp/host-root" in out["roots"]
-    assert progress == [1, 2, 3]
+    assert seen == [1, 2, 3]
 
 
 def test_logging_and_resource_updates_arrive_on_the_get_stream(
