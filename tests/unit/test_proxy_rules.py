@@ -126,7 +126,7 @@ def _tools(**properties: Any) -> list[dict[str, Any]]:
                 },
             },
             True,
-        ),  # fmt: skip
+        ),
         (
             {"type": "object", "anyOf": [{"properties": {"r": {"type": "string", "x-mcp-header": "R"}}}]},
             False,
@@ -204,7 +204,7 @@ async def test_a_line_over_the_limit_is_skipped_to_its_newline() -> None:
 
 
 def test_ncp_token_and_the_cli_do_not_load_the_proxy() -> None:
-    """`import ncp_client` (ncp-token's path) and `import brokerd.cli` load neither the proxy, trio nor httpx."""
+    """`import ncp_client` (ncp-token's path) and `import brokerd.cli` load no proxy, trio or httpx."""
     code = (
         "import sys, ncp_client, brokerd.cli; "
         "print(sorted(m for m in ('trio', 'httpx', 'httpx_sse', 'ncp_client.proxy') if m in sys.modules))"
