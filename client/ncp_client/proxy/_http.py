@@ -120,6 +120,8 @@ class StreamableHttp:
                 try:
                     response = await self._post(message)
                 except UpstreamError as exc:
+                    if probe:
+                        self._first = True  # no HTTP answer yet: the next request decides the fallback
                     task_status.started()
                     started = True
                     await self._fail(message, exc.answer)
