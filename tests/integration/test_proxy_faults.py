@@ -300,3 +300,18 @@ def test_the_token_is_only_in_the_authorization_header(setup: Callable[..., Setu
     assert token not in said
     assert token.encode() not in cmdline
     assert token.encode() not in environ
+
+
+def test_an_access_key_server_without_a_key_answers_with_the_command(env: Env) -> None:
+    """A bearer entry with no key yet: no login is tried; the request's error names the command."""
+    env.write_config(
+        {NAME: {"url": "http://127.0.0.1:9/mcp", "auth": {"type": "bearer", "allowInsecureLoopback": True}}}
+    )
+    daemon = start_daemon(env)
+    try:
+        with RawHost(env, NAME) as host:
+            answer = host.request(1, "tools/list")
+    finally:
+        daemon.stop()
+    assert broker_error(answer)["code"] == "needs_login"
+    assert "--access-key" in broker_error(answer)["hint"]

@@ -231,8 +231,8 @@ class ServerAuth:
 
     async def _log_in(self, why: NeedsLogin) -> str:
         """One login for every request that needs it: the first starts it, the others wait for it."""
-        if self._login_timeout is None or why.code == "login_unavailable":
-            raise why
+        if self._login_timeout is None or why.code == "login_unavailable" or self.target.kind != "oauth":
+            raise why  # an access-key server has no login: its hint says how to set the key
         if self._login is not None:
             await self._login.wait()
         else:

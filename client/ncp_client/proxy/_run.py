@@ -191,7 +191,11 @@ class Proxy:
             assert self.nursery is not None
             self.log.say(f"{transport.up.name} answered a POST with {exc}: using HTTP+SSE (2024-11-05)")
             legacy = LegacySse(transport.up, self.nursery)
-            await legacy.connect()
+            try:
+                await legacy.connect()
+            except UpstreamError:
+                self.transport = None  # the next message starts over: resolution, probe, fallback
+                raise
             self.transport = legacy
             await legacy.send(message)
 
