@@ -13,6 +13,9 @@ the mcp SDK's streamable HTTP server, on loopback):
    ``Client`` each time: over its own Streamable HTTP transport (with ``broker_auth_for_httpx2``: the daemon
    is asked per request there too), over stdio through the proxy, and over stdio through mcp-remote; the
    added latency is each minus the first;
+   and again for a host with no MCP library (3b): httpx's async client under trio with one token against
+   lines on pipes through the proxy, which bounds the proxy's own cost (the hop over pipes, its parsing,
+   a ``get_token`` per request, its HTTP) from above;
 4. resident memory of one proxy process and of one mcp-remote process after those calls;
 5. ``--copies`` copies of each sharing one grant (3-second tokens, strict rotation) for ``--duration``
    seconds, every copy calling a tool every 0.2 s: refreshes and refresh points due, replays, revoked grants
@@ -304,6 +307,89 @@ def _rss_of_child(command: str) -> int:
     return -1
 
 
+async def _raw_http_calls(site: Site, calls: int) -> list[float]:
+    """The raw host's own HTTP: httpx's async client under trio, the token asked for once (a lower bound:
+    the proxy asks the daemon for each request), done at the answer's event, as MCP clients are."""
+    import httpx
+
+    import ncp_client
+
+    token = ncp_client.get_token(NAME, socket_path=site.sock)
+    headers = {
+        "Accept": "application/json, text/event-stream",
+        "Content-Type": "application/json",
+        "Authorization": f"Bearer {token}",
+    }
+
+    async def post(http: httpx.AsyncClient, message: dict[str, Any]) -> dict[str, Any]:
+        async with http.stream("POST", site.mcp.url, json=message, headers=headers) as response:
+            if "mcp-session-id" in response.headers:
+                headers["Mcp-Session-Id"] = response.headers["mcp-session-id"]
+            if response.status_code == 202:
+                return {}
+            if not response.headers.get("content-type", "").startswith("text/event-stream"):
+                answer: dict[str, Any] = json.loads(await response.aread())
+                return answer
+            async for line in response.aiter_lines():
+                if line.startswith("data:") and line[5:].strip():
+                    event: dict[str, Any] = json.loads(line[5:])
+                    return event
+        raise RuntimeError("the SSE answer ended without an event")
+
+    async with httpx.AsyncClient(timeout=30, trust_env=False) as http:
+        params = {
+            "protocolVersion": PROTOCOL,
+            "capabilities": {},
+            "clientInfo": {"name": "bench", "version": "0"},
+        }
+        await post(http, {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": params})
+        headers["MCP-Protocol-Version"] = PROTOCOL
+        await post(http, {"jsonrpc": "2.0", "method": "notifications/initialized"})
+        times = []
+        for i in range(calls + 10):
+            call = {"name": "echo", "arguments": {"text": f"call {i}"}}
+            start = time.perf_counter()
+            answer = await post(http, {"jsonrpc": "2.0", "id": i + 1, "method": "tools/call", "params": call})
+            if i >= 10:  # the first ten warm up
+                times.append(time.perf_counter() - start)
+            if "result" not in answer:
+                raise RuntimeError(f"a tools/call failed: {answer}")
+    return times
+
+
+def bench_raw_calls(site: Site, calls: int) -> None:
+    """A host with no MCP library: its own HTTP client, or lines on pipes through the proxy."""
+    import trio
+
+    direct = trio.run(_raw_http_calls, site, calls)
+    host = site.proxy()
+    try:
+        piped = _piped_calls(host, calls)
+    finally:
+        host.stop()
+    d50, d99 = percentile(direct, 0.5), percentile(direct, 0.99)
+    p50, p99 = percentile(piped, 0.5), percentile(piped, 0.99)
+    print(f"\n3b. the same per-call figure for a host with no MCP library, {calls} calls")
+    print(f"   direct (httpx async, one token)    {d50 * 1000:6.2f} / {d99 * 1000:6.2f} ms")
+    print(
+        f"   lines through ncp-broker proxy     {p50 * 1000:6.2f} / {p99 * 1000:6.2f} ms"
+        f"   added {(p50 - d50) * 1000:+.2f} / {(p99 - d99) * 1000:+.2f} ms"
+    )
+
+
+def _piped_calls(host: PipeHost, calls: int) -> list[float]:
+    host.initialize()
+    for i in range(10):
+        call_echo(host, i)
+    times = []
+    for i in range(calls):
+        start = time.perf_counter()
+        if not call_echo(host, i):
+            raise RuntimeError("a tools/call failed")
+        times.append(time.perf_counter() - start)
+    return times
+
+
 def bench_calls(site: Site, calls: int) -> None:
     """The mcp SDK's Client as the host each time: over its own HTTP transport, or over stdio to a bridge."""
     import contextlib
@@ -450,6 +536,7 @@ def main() -> None:
         fast.log_in_remote()
         bench_startup(fast, args.runs)
         bench_calls(fast, args.calls)
+        bench_raw_calls(fast, args.calls)
         shared = Site(root, "rotating", ttl=TTL)
         sites.append(shared)
         shared.log_in_broker()

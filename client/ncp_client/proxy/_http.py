@@ -24,6 +24,7 @@ server's answer (with the request's id when the server could not read it).
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import httpx
@@ -39,6 +40,7 @@ __all__ = ["MAX_RESUMES", "LegacyServer", "StreamableHttp"]
 MAX_RESUMES = 3  # reconnections of one answer stream that bring no event, before the request fails
 DEFAULT_RETRY_MS = 1000  # when the server sent no `retry` (the MCP SDKs' default)
 MAX_GET_FAILURES = 5
+DRAIN_TIMEOUT = 1.0  # how long an answered SSE stream is read on for its end (the host has its answer)
 CLOSE_TIMEOUT = 3.0
 _ACCEPT = "application/json, text/event-stream"
 
@@ -182,6 +184,16 @@ class StreamableHttp:
 
     async def _read_answers(self, message: Message, response: httpx.Response) -> None:
         """Deliver the events of a request's SSE answer; resume it when it ends before the response."""
+        streams = [response]
+        try:
+            await self._read_streams(message, streams)
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT):
+                for stream in streams:
+                    await stream.aclose()
+
+    async def _read_streams(self, message: Message, streams: list[httpx.Response]) -> None:
+        response = streams[0]
         waiting = {id_key(i) for i in message.request_ids()}
         last_id: str | None = None
         retry_ms: int | None = None
@@ -189,19 +201,28 @@ class StreamableHttp:
         while True:
             delivered = False
             try:
-                async for event in events(response, self.up.limit):
-                    last_id = event.id or last_id
-                    retry_ms = event.retry if event.retry is not None else retry_ms
-                    if event.data and event.event in ("", "message"):
-                        delivered = True
-                        waiting -= await self._deliver(event.data.encode())
-                        if not waiting:
-                            return
+                with trio.CancelScope() as drain:
+                    async for event in events(response, self.up.limit):
+                        last_id = event.id or last_id
+                        retry_ms = event.retry if event.retry is not None else retry_ms
+                        if event.data and event.event in ("", "message"):
+                            delivered = True
+                            waiting -= await self._deliver(event.data.encode())
+                            if not waiting and drain.deadline == math.inf:
+                                # Answered. Read on briefly to the stream's end, so that its connection
+                                # goes back to the pool (closing it unread would cost the next request a
+                                # new TCP and TLS handshake); whatever the server still sends is delivered.
+                                drain.deadline = trio.current_time() + DRAIN_TIMEOUT
+                if not waiting:
+                    return
             except EventTooLarge as exc:
-                await self._fail(message, _error(str(exc), self.up.name))
+                if waiting:
+                    await self._fail(message, _error(str(exc), self.up.name))
                 return
             except httpx.HTTPError as exc:
                 self.up.debug(f"an answer stream broke: {type(exc).__name__}")
+                if not waiting:
+                    return
             resumes = 0 if delivered else resumes + 1
             if last_id is None or resumes > MAX_RESUMES or self.session_id is None:
                 await self._fail(
@@ -215,8 +236,8 @@ class StreamableHttp:
             except UpstreamError as exc:
                 await self._fail(message, exc.answer)
                 return
+            streams.append(response)
             if response.status_code != 200 or not is_event_stream(response):
-                await response.aclose()
                 await self._fail(
                     message,
                     _error(f"resuming the answer stream got HTTP {response.status_code}", self.up.name),
