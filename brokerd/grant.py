@@ -686,7 +686,8 @@ class OAuthActor:
             raise login.error
         if login.url is None:
             raise WireError("as_unreachable", f"{self.server.name}: the login did not start within 60 s")
-        opened_elsewhere = joined and login.opened
+        # Whoever woke first may have claimed the browser, the login's creator included: check the flag.
+        opened_elsewhere = login.opened
         if login.mode == "browser" and not opened_elsewhere:
             if will_open:
                 login.opened = True  # the caller (ncp-broker login, ncp-token) opens it
