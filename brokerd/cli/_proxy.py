@@ -102,6 +102,8 @@ def register(sub: Any) -> None:
         help="largest message either way (default: 16 MiB); a longer host line is answered with an error",
     )
     p.add_argument(
-        "--verbose", action="store_true", help="log each message's kind, method and id to stderr (never content)"
+        "--verbose",
+        action="store_true",
+        help="log each message's kind, method and id to stderr (never content)",
     )
     p.set_defaults(func=cmd_proxy)
