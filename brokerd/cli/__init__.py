@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from brokerd import __version__, paths
-from brokerd.cli import _daemon, _hosts, _servers, _status
+from brokerd.cli import _daemon, _hosts, _proxy, _servers, _status
 from brokerd.cli._common import CliError
 
 __all__ = ["main"]
@@ -52,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    for group in (_daemon, _status, _servers, _hosts):
+    for group in (_daemon, _status, _servers, _hosts, _proxy):
         group.register(sub)
     return p
 

@@ -7,12 +7,13 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from brokerd import fsutil, paths
 from brokerd.cli._common import EXIT_OK, CliError, call, running
 
-__all__ = ["register"]
+__all__ = ["register", "start_background"]
 
 START_TIMEOUT = 15.0
 # A stopping daemon first finishes the exchanges in flight (each bounded by the HTTP driver's 15 s), and a
@@ -30,10 +31,20 @@ def cmd_start(args: argparse.Namespace) -> int:
     if hello and not hello.get("stopping"):
         print(f"ncp-broker is already running (pid {hello.get('pid')}) on {args.socket}")
         return EXIT_OK
-    return _start_background(args)  # a daemon that is stopping is waited for by the new one
+    print(start_background(args))  # a daemon that is stopping is waited for by the new one
+    return EXIT_OK
 
 
-def _start_background(args: argparse.Namespace) -> int:
+def start_background(args: argparse.Namespace, note: Callable[[str], None] = print) -> str:
+    """Start the daemon in the background as ``ncp-broker start`` does; returns the line to show.
+
+    Also what ``ncp-broker proxy`` runs when nothing answers on the socket: its stdout is the host's, so
+    this prints nothing itself; ``note`` shows the daemon's lines while it waits (for a previous daemon
+    that is stopping), and the proxy passes one that writes to stderr.
+
+    Raises:
+        CliError: the daemon reported why it could not start, or did not report readiness in time.
+    """
     try:
         fsutil.ensure_private_dir(paths.state_dir())
     except (OSError, fsutil.UnsafePathError) as exc:
@@ -57,13 +68,11 @@ def _start_background(args: argparse.Namespace) -> int:
     finally:
         os.close(write_end)
         os.close(log_fd)
-    answer = _read_readiness(read_end, START_TIMEOUT)  # "note …" lines are shown as they come
+    answer = _read_readiness(read_end, START_TIMEOUT, note)
     if answer == "ready":
-        print(f"ncp-broker started (pid {child.pid}) on {args.socket}; log: {log_file}")
-        return EXIT_OK
+        return f"ncp-broker started (pid {child.pid}) on {args.socket}; log: {log_file}"
     if answer.startswith("error ") and "already running" in answer:
-        print(answer[6:])
-        return EXIT_OK
+        return answer[6:]
     if answer.startswith("error "):
         raise CliError(f"ncp-broker did not start: {answer[6:]}\n  log: {log_file}")
     status = child.poll()
@@ -73,9 +82,9 @@ def _start_background(args: argparse.Namespace) -> int:
     )
 
 
-def _read_readiness(fd: int, timeout: float) -> str:
-    """The daemon's last readiness line ("ready" or "error …"); "note …" lines before it are printed, and
-    each gives the daemon as long again (it is waiting for a previous daemon to stop)."""
+def _read_readiness(fd: int, timeout: float, note: Callable[[str], None]) -> str:
+    """The daemon's last readiness line ("ready" or "error …"); "note …" lines before it go to ``note``,
+    and each gives the daemon as long again (it is waiting for a previous daemon to stop)."""
     import selectors
 
     from brokerd.daemon import STOP_WAIT
@@ -88,7 +97,7 @@ def _read_readiness(fd: int, timeout: float) -> str:
             while True:
                 line, newline, rest = data.partition(b"\n")
                 if newline and line.startswith(b"note "):
-                    print(line[5:].decode(errors="replace"))
+                    note(line[5:].decode(errors="replace"))
                     data = rest
                     deadline = time.monotonic() + STOP_WAIT + timeout
                     continue

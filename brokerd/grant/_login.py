@@ -135,19 +135,22 @@ class Logins:
             raise login.error
         if login.url is None:
             raise WireError("as_unreachable", f"{actor.label}: the login did not start within {URL_WAIT:g} s")
-        opened_elsewhere = joined and login.opened
+        # Whoever woke first may have claimed the browser, the login's creator included: check the flag.
+        opened_elsewhere = login.opened
         if login.mode == "browser" and not opened_elsewhere:
             if will_open:
                 login.opened = True  # the caller (ncp-broker login, ncp-token) opens it
-            elif open_browser and not await open_browser_(login.url, policy=actor.policy):
-                raise WireError(
-                    "needs_login",
-                    f"{actor.label}: a login is waiting at {login.url}, but the daemon could not open a "
-                    "browser",
-                    f"open that URL, or run: ncp-broker login {actor.server.name}",
-                )
             elif open_browser:
+                # Claimed before the await: callers that woke with this one must not open a second tab.
                 login.opened = True
+                if not await open_browser_(login.url, policy=actor.policy):
+                    login.opened = False
+                    raise WireError(
+                        "needs_login",
+                        f"{actor.label}: a login is waiting at {login.url}, but the daemon could not open "
+                        "a browser",
+                        f"open that URL, or run: ncp-broker login {actor.server.name}",
+                    )
         return LoginStarted(
             url=login.url,
             user_code=login.user_code,

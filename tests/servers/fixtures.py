@@ -442,6 +442,11 @@ class McpServer:
         with _http() as http:
             http.post(f"{self.origin}/__admin/reset_stats").raise_for_status()
 
+    def refuse_tokens(self, count: int = 1) -> None:
+        """Answer the next `count` MCP requests that carry a token with 401 invalid_token."""
+        with _http() as http:
+            http.post(f"{self.origin}/__admin/refuse_tokens", json={"count": count}).raise_for_status()
+
     def start(self) -> None:
         """Start again (after stop()) on the same port."""
         self._launch()

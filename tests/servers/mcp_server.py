@@ -6,7 +6,10 @@ to this server's URL exactly. On top of the SDK, an ASGI layer adds what the SDK
 
 - per-tool scopes: a `tools/call` of a tool listed in `tool_scopes` whose token lacks the scope is answered
   403 with `WWW-Authenticate: Bearer error="insufficient_scope", scope="…", resource_metadata="…"` (step-up);
-- `GET /__admin/stats`: what the server saw (statuses, tool calls, distinct tokens), without token values.
+- `GET /__admin/stats`: what the server saw (statuses, HTTP methods, tool calls, distinct tokens), without
+  token values;
+- `POST /__admin/refuse_tokens {"count": N}`: the next N MCP requests that carry a token are answered 401
+  `invalid_token`, as if the token had been revoked (a 401 mid-session, for the proxy's tests).
 
 Usage: python mcp_server.py CONFIG   where CONFIG is a JSON object or the path of a JSON file, e.g.
     {"issuer": "http://127.0.0.1:PORT", "required_scopes": ["mcp:read"],
@@ -132,7 +135,9 @@ class _Stats:
     statuses: Counter[int] = field(default_factory=Counter)
     tool_calls: Counter[str] = field(default_factory=Counter)
     methods: Counter[str] = field(default_factory=Counter)
+    http_methods: Counter[str] = field(default_factory=Counter)
     step_up_refusals: int = 0
+    refused_tokens: int = 0
     token_digests: set[str] = field(default_factory=set)
 
     def as_json(self) -> dict[str, Any]:
@@ -141,6 +146,8 @@ class _Stats:
             "unauthorized": self.statuses[401],
             "forbidden": self.statuses[403],
             "methods": dict(self.methods),
+            "http_methods": dict(self.http_methods),
+            "refused_tokens": self.refused_tokens,
             "tool_calls": dict(self.tool_calls),
             "step_up_refusals": self.step_up_refusals,
             "distinct_tokens": len(self.token_digests),
@@ -158,6 +165,7 @@ class _Guard:
         self._verifier = verifier
         self._metadata_url = metadata_url
         self.stats = _Stats()
+        self.refuse_next = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -165,11 +173,20 @@ class _Guard:
             return
         path: str = scope["path"]
         if path.startswith("/__admin/"):
-            await self._admin(scope, send)
+            await self._admin(scope, receive, send)
             return
         token = _bearer(scope)
         if token:
             self.stats.token_digests.add(hashlib.sha256(token.encode()).hexdigest()[:16])
+        if path == self._config.path:
+            self.stats.http_methods[scope["method"]] += 1
+            if token and self.refuse_next > 0:
+                self.refuse_next -= 1
+                self.stats.refused_tokens += 1
+                header = f'Bearer error="invalid_token", resource_metadata="{self._metadata_url}"'
+                refusal = [(b"www-authenticate", header.encode())]
+                await _send_json(send, 401, {"error": "invalid_token"}, refusal)
+                return
 
         async def counting_send(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -209,11 +226,15 @@ class _Guard:
         await _send_json(send, 403, {"error": "insufficient_scope"}, [(b"www-authenticate", header.encode())])
         return True
 
-    async def _admin(self, scope: Scope, send: Send) -> None:
+    async def _admin(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["path"] == "/__admin/stats" and scope["method"] == "GET":
             await _send_json(send, 200, self.stats.as_json())
         elif scope["path"] == "/__admin/reset_stats" and scope["method"] == "POST":
             self.stats = _Stats()
+            await _send_json(send, 200, {"ok": True})
+        elif scope["path"] == "/__admin/refuse_tokens" and scope["method"] == "POST":
+            body = _json_or_none(await _read_body(receive))
+            self.refuse_next = int(body.get("count", 1)) if isinstance(body, dict) else 1
             await _send_json(send, 200, {"ok": True})
         else:
             await _send_json(send, 404, {"error": "not_found"})
