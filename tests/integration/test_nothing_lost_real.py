@@ -110,7 +110,7 @@ def test_stops_during_late_answers_lose_nothing(stack: StackFactory) -> None:
             s.start()
     token(s)
     assert_no_grant_lost(s)
-    assert s.oidc.stats()["token_late"] >= 6
+    assert s.oidc.stats()["token_late"] >= 3  # at least the three stops made while a refresh was out
     assert seen["tokens"] > 0
     assert set(seen["errors"]) <= RESTART_ERRORS, seen["errors"]
 

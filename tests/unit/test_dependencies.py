@@ -161,9 +161,7 @@ def test_floors_file_pins_exactly_the_declared_floors() -> None:
     declared = {}
     for requirement in requirements:
         # A floor, and at most an upper bound after it (httpx-sse: the proxy uses its 0.4 decoders).
-        match = re.fullmatch(
-            r"([A-Za-z0-9][A-Za-z0-9._-]*)(\[[^\]]*\])?>=([0-9.]+)(,<[0-9.]+)?", requirement
-        )
+        match = re.fullmatch(r"([A-Za-z0-9][A-Za-z0-9._-]*)(\[[^\]]*\])?>=([0-9.]+)(,<[0-9.]+)?", requirement)
         assert match, f"pyproject.toml: {requirement!r} has no plain >= floor"
         declared[_normal(match.group(1))] = match.group(3)
     pins = _floors_file()
