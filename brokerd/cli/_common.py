@@ -9,10 +9,12 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from brokerd import config
 from brokerd.secret import Secret
+
+if TYPE_CHECKING:
+    from brokerd import config
 
 __all__ = [
     "EXIT_ERROR",
@@ -112,6 +114,8 @@ def fmt_time(ts: Any) -> str:
 
 
 def load_config(args: argparse.Namespace) -> config.Config:
+    from brokerd import config  # the config loader (msgspec, the OAuth core) only for commands that read it
+
     try:
         return config.load(args.config)
     except config.ConfigError as exc:
@@ -119,6 +123,8 @@ def load_config(args: argparse.Namespace) -> config.Config:
 
 
 def edit(args: argparse.Namespace, change: Callable[[dict[str, Any]], None]) -> None:
+    from brokerd import config
+
     try:
         config.edit_raw(args.config, change)
     except config.ConfigError as exc:

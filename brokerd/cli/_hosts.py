@@ -15,10 +15,9 @@ import json
 import os
 import shlex
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from brokerd import config
 from brokerd.cli._common import EXIT_OK, EXIT_USAGE, CliError, load_config
 
 __all__ = ["register"]
@@ -31,6 +30,9 @@ _NCP_NOTE = (
     "its own config (ncp-broker add … without --config), then install with --replace to swap NCP's "
     "entry for the proxy."
 )
+
+if TYPE_CHECKING:
+    from brokerd import config
 
 
 def register(sub: Any) -> None:

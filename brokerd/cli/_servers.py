@@ -9,9 +9,9 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from brokerd import config, paths
+from brokerd import paths
 from brokerd.cli._common import (
     EXIT_NOT_RUNNING,
     EXIT_OK,
@@ -26,6 +26,9 @@ from brokerd.cli._common import (
     running,
 )
 from brokerd.secret import Secret
+
+if TYPE_CHECKING:
+    from brokerd import config
 
 __all__ = ["register"]
 
