@@ -1,4 +1,4 @@
-"""The config file: NCP's ``mcpServers`` JSON format, so an existing ``~/.ncp/config.json`` works as it is.
+"""The config file: NCP's ``mcpServers`` JSON format, so NCP's ``~/.ncp/profiles/all.json`` works as it is.
 
 Two layers:
 
