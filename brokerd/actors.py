@@ -62,6 +62,9 @@ class Actor:
     """What every actor answers. The defaults refuse, naming what this server is instead."""
 
     kind = ""
+    #: Whether the actor holds state a later actor for the same server must not overwrite (a grant with
+    #: a renewal that may be in flight): a reload that drops the server keeps such an actor aside, closed.
+    keeps_a_grant = False
 
     def __init__(self, server: Server, aliases: Sequence[str] = ()) -> None:
         self.server = server

@@ -110,7 +110,7 @@ class Broker:
             if name not in actors:
                 actors[name] = UnbrokeredActor(server)
         for key, old in self._grants.items():
-            if grants.get(key) is not old and isinstance(old, OAuthActor):
+            if grants.get(key) is not old and old.keeps_a_grant:
                 old.close()
                 self._retired[key] = old
         self.config = cfg

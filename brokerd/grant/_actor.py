@@ -77,6 +77,7 @@ class _Renewal:
 
 class OAuthActor(Actor):
     kind = "oauth"
+    keeps_a_grant = True
 
     def __init__(self, server: Server, store: Store, ctx: OAuthContext, aliases: Sequence[str] = ()) -> None:
         assert server.url is not None
