@@ -430,7 +430,7 @@ class OAuthActor(Actor):
         grant.registrations[plan.registration.issuer] = plan.registration
         await grant.save(new, plan.dpop_key)  # on disk before any caller can take its access token (rule 3)
         grant.take(new, dpop_key=plan.dpop_key, renewed=True)
-        what = "refreshed" if seen is not None else f"got a token ({self.settings.grant})"
+        what = "refreshed" if seen is not None and seen.refresh_token else "renewed" if seen else "got a token"
         bound = " (DPoP-bound)" if new.dpop_jkt else ""
         log.info("%s: %s%s; the new token expires at %s", self.label, what, bound, new.expires_at)
 
