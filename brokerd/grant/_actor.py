@@ -430,7 +430,9 @@ class OAuthActor(Actor):
         grant.registrations[plan.registration.issuer] = plan.registration
         await grant.save(new, plan.dpop_key)  # on disk before any caller can take its access token (rule 3)
         grant.take(new, dpop_key=plan.dpop_key, renewed=True)
-        what = "refreshed" if seen is not None and seen.refresh_token else "renewed" if seen else "got a token"
+        what = (
+            "refreshed" if seen is not None and seen.refresh_token else "renewed" if seen else "got a token"
+        )
         bound = " (DPoP-bound)" if new.dpop_jkt else ""
         log.info("%s: %s%s; the new token expires at %s", self.label, what, bound, new.expires_at)
 
@@ -456,8 +458,8 @@ class OAuthActor(Actor):
             seen is None and not transient and not isinstance(exc, oauth.PeerError)
         )
         if ends:
-            if plan is not None and sent:
-                self.presenter.note_refused(plan)
+            if grant.state.unattended:
+                await self.presenter.note_refused(plan if sent else None)
             self._grant_ended(seen, exc, message, hint)
             await grant.save()
             return

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Literal
 
 from brokerd import keys, oauth
 from brokerd.grant._client_key import load_client_key
-from brokerd.grant._sources import TokenSource
+from brokerd.grant._sources import FileState, TokenSource, file_state
 from brokerd.secret import Secret
 
 if TYPE_CHECKING:
@@ -55,6 +55,16 @@ class Plan:
     dpop_key: keys.PrivateKey | None
     spends_refresh_token: bool
     presented: Secret | None = None
+
+
+def _without_offline_access(
+    scopes: tuple[str, ...] | None, configured: tuple[str, ...] | None
+) -> tuple[str, ...] | None:
+    """A grant without a person asks again instead of refreshing: ``offline_access`` (a refresh token) is
+    only asked for when the config says so (authorization servers may refuse it for these grants)."""
+    if scopes is None or "offline_access" in (configured or ()):
+        return scopes
+    return tuple(s for s in scopes if s != "offline_access") or None
 
 
 def _digest(value: Secret | None) -> str | None:
@@ -89,7 +99,8 @@ class Presenter:
                     key="auth.oauth21.enterprise.idToken",
                     server=actor.server.name,
                 )
-        self._refused: str | None = None  # digest of the ID token an enterprise exchange was refused with
+        # What the local inputs looked like when the grant was last refused (see _inputs); None: not refused.
+        self._refused: tuple[FileState | None, FileState | None, str | None] | None = None
 
     @property
     def idp(self) -> IdpActor | None:
@@ -105,21 +116,34 @@ class Presenter:
 
     # ---- refusals -----------------------------------------------------------------------------------
 
-    def note_refused(self, plan: Plan) -> None:
-        if self.source is not None and plan.presented is not None:
+    async def note_refused(self, plan: Plan | None) -> None:
+        """The grant was refused (by the authorization server, or here for a bad key or token): remember
+        what its inputs looked like, and never present the same workload or ID token again."""
+        if self.source is not None and plan is not None and plan.presented is not None:
             self.source.note_refused(plan.presented)
-        elif self.idp is not None:
-            self._refused = _digest(plan.presented)
+        self._refused = await self._inputs()
 
     async def changed_since_refusal(self) -> bool:
-        """Whether something other than what was refused can be presented now (see the module docstring)."""
-        if self.source is not None:
-            return await self.source.changed_since_refusal()
+        """Whether the inputs may have changed since the last refusal: a key or token file that changed (in
+        content, mode or owner: ``chmod 600`` fixes a key), a new ID token at the IdP, or a command (which
+        can only be asked by running it)."""
+        if self._refused is None:
+            return False
+        if self.source is not None and self.source.source.command is not None:
+            return True
+        return await self._inputs() != self._refused
+
+    async def _inputs(self) -> tuple[FileState | None, FileState | None, str | None]:
+        settings = self._actor.settings
+        key = settings.private_key.file if settings.private_key is not None else None
+        token = self.source.source.file if self.source is not None else None
         idp = self.idp
-        if idp is not None and self._refused is not None:
-            tokens = idp.grant.tokens
-            return tokens is not None and _digest(tokens.id_token) != self._refused
-        return False
+        id_token = idp.grant.tokens.id_token if idp is not None and idp.grant.tokens is not None else None
+        return (
+            await file_state(key) if key is not None else None,
+            await file_state(token) if token is not None else None,
+            _digest(id_token),
+        )
 
     # ---- what every request of the grant carries ---------------------------------------------------
 
@@ -174,7 +198,7 @@ class Presenter:
         registration = await self._registration(discovery)
         dpop_key = keys.new_dpop_key() if use_dpop else None
         sender = await self.sender(dpop_key)
-        scopes = oauth.select_scopes(discovery, settings.scopes)
+        scopes = _without_offline_access(oauth.select_scopes(discovery, settings.scopes), settings.scopes)
         policy = actor.policy
         if self.kind == "client_credentials":
             flow = oauth.client_credentials_flow(

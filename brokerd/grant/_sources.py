@@ -29,7 +29,7 @@ import trio
 from brokerd import config, oauth
 from brokerd.secret import Secret
 
-__all__ = ["COMMAND_TIMEOUT", "MAX_TOKEN", "CredentialError", "TokenSource"]
+__all__ = ["COMMAND_TIMEOUT", "MAX_TOKEN", "CredentialError", "FileState", "TokenSource", "file_state"]
 
 log = logging.getLogger("brokerd.grant")
 
@@ -50,12 +50,24 @@ class CredentialError(Exception):
 
 
 @dataclass(frozen=True)
-class _Seen:
-    """What a file looked like when it was last read."""
+class FileState:
+    """What a file looks like, without reading it: a change of any of these may mean new content, a new
+    mode (``chmod 600``) or a new file in its place."""
 
     inode: int
     size: int
     mtime_ns: int
+    ctime_ns: int
+    mode: int
+    uid: int
+
+
+async def file_state(path: Path) -> FileState | None:
+    """``path``'s :class:`FileState`, or None when it cannot be looked at (missing, no permission)."""
+    try:
+        return await trio.to_thread.run_sync(_stat, path)
+    except OSError:
+        return None
 
 
 def _digest(value: Secret) -> str:
@@ -72,9 +84,8 @@ class TokenSource:
         self.what = what
         self.key = key
         self.server = server
-        self._cached: tuple[_Seen, Secret] | None = None
+        self._cached: tuple[FileState, Secret] | None = None
         self._refused: str | None = None  # the digest of the token the authorization server refused
-        self._refused_file: _Seen | None = None
 
     @property
     def where(self) -> str:
@@ -106,20 +117,6 @@ class TokenSource:
     def note_refused(self, token: Secret) -> None:
         """The authorization server refused ``token``: never offer it again."""
         self._refused = _digest(token)
-        self._refused_file = self._cached[0] if self._cached is not None else None
-
-    async def changed_since_refusal(self) -> bool:
-        """Whether a token refused earlier may have been replaced: a file that changed since (checked by
-        its metadata, nothing read), or a command (which can only be asked by running it)."""
-        if self._refused is None:
-            return False
-        if self.source.file is None:
-            return True
-        try:
-            seen = await trio.to_thread.run_sync(_stat, self.source.file.expanduser())
-        except OSError:
-            return False
-        return seen != self._refused_file
 
     async def _read_file(self, path: Path) -> Secret:
         try:
@@ -191,9 +188,9 @@ class TokenSource:
             )
 
 
-def _stat(path: Path) -> _Seen:
-    st = os.stat(path)
-    return _Seen(st.st_ino, st.st_size, st.st_mtime_ns)
+def _stat(path: Path) -> FileState:
+    st = os.stat(path.expanduser())
+    return FileState(st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode, st.st_uid)
 
 
 def _read_capped(path: Path) -> bytes:
