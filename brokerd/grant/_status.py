@@ -26,7 +26,8 @@ def status(actor: OAuthActor) -> GrantState:
         word, detail = "login_pending", f"login pending since {time.ctime(login.started_at)}"
     elif state.phase is renewal.Phase.IN_FLIGHT:
         word, detail = "refreshing", "refreshing now"
-    elif tokens is None and state.unattended and not state.refused and grant.loaded:
+    elif tokens is None and actor.presenter.able() and not state.refused and grant.loaded:
+        # (able(), not the machine's flag: an enterprise IdP login may have come since the last request)
         word, detail = "ready", "no token yet: the daemon gets one on first use, without a browser"
     elif tokens is None:
         word, detail = "needs_login", "not logged in" if grant.loaded else "not loaded yet"
