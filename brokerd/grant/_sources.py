@@ -135,7 +135,10 @@ class TokenSource:
                 hint=f"check {self.key}.file in the config and the file's permissions",
             ) from None
         if len(data) > MAX_TOKEN:
-            raise CredentialError(f"{self.what} file {path} is larger than {MAX_TOKEN // 1024} KiB")
+            raise CredentialError(
+                f"{self.what} file {path} is larger than {MAX_TOKEN // 1024} KiB",
+                hint=f"check {self.key}.file in the config",
+            )
         token = _as_token(data)
         if token is None:
             raise CredentialError(
@@ -168,7 +171,9 @@ class TokenSource:
         if status != 0:
             raise CredentialError(f"{self.what} command {name!r} failed (exit status {status})", hint=hint)
         if len(data) > MAX_TOKEN:
-            raise CredentialError(f"{self.what} command {name!r} printed more than {MAX_TOKEN // 1024} KiB")
+            raise CredentialError(
+                f"{self.what} command {name!r} printed more than {MAX_TOKEN // 1024} KiB", hint=hint
+            )
         token = _as_token(data)
         if token is None:
             raise CredentialError(f"{self.what} command {name!r} printed nothing", hint=hint)
