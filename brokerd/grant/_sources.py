@@ -168,12 +168,13 @@ class TokenSource:
                 f"{self.what} command {name!r} did not finish within {COMMAND_TIMEOUT:g} s; it was stopped",
                 hint=hint,
             )
-        if status != 0:
-            raise CredentialError(f"{self.what} command {name!r} failed (exit status {status})", hint=hint)
+        # Too much output first: a command we stopped reading dies of SIGPIPE, which is not its fault.
         if len(data) > MAX_TOKEN:
             raise CredentialError(
                 f"{self.what} command {name!r} printed more than {MAX_TOKEN // 1024} KiB", hint=hint
             )
+        if status != 0:
+            raise CredentialError(f"{self.what} command {name!r} failed (exit status {status})", hint=hint)
         token = _as_token(data)
         if token is None:
             raise CredentialError(f"{self.what} command {name!r} printed nothing", hint=hint)
