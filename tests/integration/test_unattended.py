@@ -13,6 +13,7 @@ import json
 import os
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +24,8 @@ import ncp_client
 from brokerd import keys, oauth
 from tests import secret_scan
 from tests.conftest import Daemon, Env, start_daemon
+from tests.integration.test_keyring_daemon import REPO, isolate_keyring
+from tests.keyring_backend import BACKEND, FILE_VARIABLE, FileKeyring
 from tests.servers.helpers import McpSession
 
 if TYPE_CHECKING:
@@ -295,6 +298,65 @@ def test_dpop_required_where_the_authorization_server_offers_no_es256(
         assert "does not offer DPoP" in err.value.message
         assert 'auth.oauth21.dpop to "auto"' in err.value.hint
         assert oidc.stats()["requests"].get("token", 0) == 0
+    finally:
+        daemon.stop()
+
+
+def test_the_first_token_is_single_flight(
+    broker: Env, oidc_server: OidcServerFactory, mcp_server: McpServerFactory
+) -> None:
+    """Twenty callers at once with nothing held: one token request, one token for all (T4)."""
+    client = cc_client("ci-bot", client_secret=SECRET, token_endpoint_auth_method="client_secret_basic")
+    oidc = oidc_server(clients=[client], extra={"client_credentials": True})
+    mcp = mcp_server(oidc)
+    broker.write_config(
+        {NAME: entry(mcp.url, grant="client_credentials", clientId="ci-bot", clientSecret=SECRET)}
+    )
+    daemon = started(broker)
+    try:
+        with ThreadPoolExecutor(20) as pool:
+            answers = list(pool.map(lambda _: token(broker), range(20)))
+        assert len(set(answers)) == 1
+        assert oidc.stats()["token_requests"]["client_credentials"] == 1
+    finally:
+        daemon.stop()
+
+
+def test_a_client_key_in_the_keyring(
+    broker: Env,
+    monkeypatch: pytest.MonkeyPatch,
+    oidc_server: OidcServerFactory,
+    mcp_server: McpServerFactory,
+) -> None:
+    """privateKey {"keyring": ENTRY}: the PEM from the keyring entry of service ncp-broker signs the
+    assertions; the store stays the file store."""
+    isolate_keyring(broker)
+    keyring_file = broker.root / "keyring" / "keyring_pass.cfg"
+    broker.vars |= {
+        "PYTHON_KEYRING_BACKEND": BACKEND,
+        FILE_VARIABLE: str(keyring_file),
+        "PYTHONPATH": ":".join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p),
+    }
+    key = keys.new_dpop_key()
+    pem = key.to_secret().reveal()
+    for kind, value in secret_scan.private_key_secrets(pem):
+        secret_scan.record_secret(kind, value)
+    monkeypatch.setenv(FILE_VARIABLE, str(keyring_file))
+    FileKeyring().set_password("ncp-broker", "ci-bot-key", pem)  # as `keyring set ncp-broker ci-bot-key`
+    client = cc_client(
+        "ci-bot",
+        token_endpoint_auth_method="private_key_jwt",
+        token_endpoint_auth_signing_alg="ES256",
+        jwks={"keys": [key.public_jwk]},
+    )
+    oidc = oidc_server(clients=[client], extra={"client_credentials": True})
+    mcp = mcp_server(oidc)
+    oauth21 = {"grant": "client_credentials", "clientId": "ci-bot", "privateKey": {"keyring": "ci-bot-key"}}
+    broker.write_config({NAME: entry(mcp.url, **oauth21)}, store="file")
+    daemon = started(broker)
+    try:
+        assert whoami(mcp, None, broker)["sub"] == "ci-bot"
+        assert oidc.stats()["token_success"]["client_credentials"] == 1
     finally:
         daemon.stop()
 
