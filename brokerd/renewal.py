@@ -99,6 +99,7 @@ __all__ = [
     "fit",
     "is_usable",
     "refresh_at",
+    "renewable",
     "step",
     "wakeup",
 ]
@@ -184,8 +185,9 @@ class Phase(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class Held:
-    """What the machine needs to know of the token held: its times, and whether it can be renewed (a
-    refresh token, or a grant type that needs no person)."""
+    """What the machine needs to know of the token held: its times, and whether it can be renewed with
+    what it carries (a refresh token). A grant that needs no person (:attr:`State.unattended`) can be
+    renewed whatever it carries: see :func:`renewable`."""
 
     obtained_at: float
     expires_at: float | None
@@ -375,15 +377,21 @@ def step(state: State, event: Event) -> State:
 
 
 def _planned(held: Held, jitter: float) -> float | None:
-    if not held.renewable:
-        return None
+    # Planned whether or not it can be renewed now: a grant may become unattended later (an enterprise
+    # IdP login arrives); wakeup() and decide() ask renewable().
     return refresh_at(held.obtained_at, held.expires_at, jitter=jitter)
+
+
+def renewable(state: State) -> bool:
+    """Whether the held token can be renewed without a person: it has a refresh token, or the grant needs
+    no person at all (it asks again)."""
+    return state.held is not None and (state.held.renewable or state.unattended)
 
 
 def wakeup(state: State) -> float | None:
     """When the timer should renew without being asked: the planned point while idle, the backoff timer
     after a failure; None when nothing is due (no grant, nothing renewable, in flight, closed)."""
-    if state.closed or state.held is None or not state.held.renewable:
+    if state.closed or not renewable(state):
         return None
     if state.phase is Phase.IDLE:
         return state.planned_at
@@ -491,7 +499,7 @@ def decide(
             return retry
         action = Action.RENEW
     if action is Action.RENEW:
-        if not held.renewable:
+        if not renewable(state):
             if expired:
                 return Decision(Action.NEEDS_LOGIN, why="the token has expired and there is no refresh token")
             return Decision(Action.SERVE)

@@ -173,6 +173,7 @@ class OAuthActor(Actor):
     async def start(self) -> None:
         try:
             await self.grant.load()
+            await self.sync_inputs()  # an enterprise grant is renewable on schedule once its IdP's is loaded
         except WireError as exc:
             log.error("%s", exc.message)
 

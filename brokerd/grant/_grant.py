@@ -108,16 +108,14 @@ class Grant:
     ) -> None:
         """``tokens`` are the grant from now on (saved already, or held in memory when saving failed), with
         ``dpop_key``, the key they are bound to (None for Bearer tokens): ``renewed`` by the renewal in
-        flight, else from a login, an import or the store. They can be renewed with their refresh token, or
-        by asking again when the grant needs no person."""
+        flight, else from a login, an import or the store."""
         self.tokens = tokens
         self.dpop_key = dpop_key if tokens.dpop_jkt is not None else None
         self.last_refresh = self._ctx.clock()
         self.unanswered = None
         if not self.unsaved:
             self.note_error(None, None)
-        renewable = tokens.refresh_token is not None or self.state.unattended
-        held = renewal.Held(tokens.obtained_at, tokens.expires_at, renewable=renewable)
+        held = renewal.Held(tokens.obtained_at, tokens.expires_at, renewable=tokens.refresh_token is not None)
         jitter = self._ctx.jitter()
         self.apply(renewal.Renewed(held, jitter) if renewed else renewal.LoggedIn(held, jitter))
 

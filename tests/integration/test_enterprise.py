@@ -119,6 +119,13 @@ def test_the_second_server_of_the_same_idp_needs_no_second_login(
     # login (the refreshed IdP grant is what was saved).
     daemon = start_daemon(env)
     try:
+        # one's stored token is renewed on schedule (its IdP grant loaded with it), and after expiry too.
+        deadline = time.monotonic() + 5
+        while "next_refresh" not in status(env, "one"):
+            assert time.monotonic() < deadline, status(env, "one")
+            time.sleep(0.2)
+        time.sleep(6.5)
+        assert whoami(one, ncp_client.get_token("one", socket_path=env.socket))["sub"] == "alice"
         forgot = env.run("ncp-broker", "invalidate", "two", "--what", "tokens")
         assert forgot.returncode == 0, forgot.stderr
         assert whoami(two, ncp_client.get_token("two", socket_path=env.socket))["sub"] == "alice"

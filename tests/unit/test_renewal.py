@@ -511,3 +511,16 @@ def test_decisions_with_nothing_held(
 def test_an_unheld_failure_sets_no_timer() -> None:
     """Nobody waits for a first token that failed: the timer does not retry it, the next caller does."""
     assert renewal.wakeup(UNHELD_FAILED) is None
+
+
+def test_a_grant_that_needs_no_person_is_renewable_without_a_refresh_token() -> None:
+    """A client-credentials token has no refresh token, yet the timer renews it and a caller may too; it
+    becomes renewable when the grant becomes unattended (an enterprise IdP login arrives), not before."""
+    held = renewal.step(renewal.State(), renewal.LoggedIn(NO_REFRESH, jitter=0.0))
+    assert renewal.wakeup(held) is None
+    assert renewal.decide(held, now=3700.0, min_ttl=0, asked_at=3700.0).action is A.NEEDS_LOGIN
+    able = renewal.step(held, renewal.Unattended(True))
+    assert renewal.renewable(able)
+    assert renewal.wakeup(able) == 2400.0
+    assert renewal.decide(able, now=3500.0, min_ttl=300, asked_at=3500.0).action is A.RENEW
+    assert renewal.decide(able, now=3700.0, min_ttl=0, asked_at=3700.0).action is A.RENEW
