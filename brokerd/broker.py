@@ -28,8 +28,9 @@ import trio
 
 from brokerd import __version__, config, ncp_import, wire
 from brokerd.actors import Actor, BearerActor, ConflictActor, OAuthUnavailableActor, UnbrokeredActor
-from brokerd.grant import OAuthActor, OAuthContext
+from brokerd.grant import IdpRegistry, OAuthActor, OAuthContext
 from brokerd.oauth import canonical_url
+from brokerd.resource_requests import check_request
 from brokerd.store import Store
 
 __all__ = ["Broker"]
@@ -72,6 +73,8 @@ class Broker:
         self.actors: dict[str, Actor] = {}  # by config name; aliases share one actor
         self._grants: dict[str, Actor] = {}  # by canonical server URL
         self._retired: dict[str, Actor] = {}  # OAuth actors whose server left the config, by URL
+        # The enterprise IdP grants (E2), one per issuer, shared by every server that names it.
+        self._idps = IdpRegistry(store, oauth) if oauth is not None else None
         self._apply(cfg)
 
     # ---- config -------------------------------------------------------------------------------------
@@ -81,7 +84,7 @@ class Broker:
             return BearerActor(server, self.store, aliases)
         if self.oauth is None:
             return OAuthUnavailableActor(server, aliases)
-        return OAuthActor(server, self.store, self.oauth, aliases)
+        return OAuthActor(server, self.store, self.oauth, aliases, idps=self._idps)
 
     def _apply(self, cfg: config.Config) -> None:
         actors: dict[str, Actor] = {}
@@ -152,6 +155,8 @@ class Broker:
         self.stopping = True
         for actor in {id(a): a for a in (*self._grants.values(), *self._retired.values())}.values():
             actor.close()
+        if self._idps is not None:
+            self._idps.close()
 
     # ---- requests -----------------------------------------------------------------------------------
 
@@ -174,9 +179,16 @@ class Broker:
             WireError: as ``handle`` would (``unknown_server``).
         """
         match req:
-            case wire.GetToken(server=name, min_ttl=min_ttl):
+            case wire.GetToken(server=name, min_ttl=min_ttl, method=method, url=url, dpop_nonce=nonce):
                 ttl = wire.DEFAULT_MIN_TTL if min_ttl is None else max(0.0, min_ttl)
-                return self._actor(name).token_now(ttl)
+                actor = self._actor(name)
+                result = actor.token_now(ttl)
+                if result is None or (method, url, nonce) == (None, None, None):
+                    return result
+                if result.token_type != "Bearer":  # noqa: S105 - a DPoP proof is made by get_token
+                    return None
+                check_request(actor.server.url or "", method=method, url=url, nonce=nonce, label=actor.label)
+                return result
             case wire.Hello(protocol=wire.PROTOCOL_VERSION) | wire.Status() | wire.ListServers():
                 return self._answer(req)
         return None
@@ -189,11 +201,14 @@ class Broker:
                 "wait for it to stop, then: ncp-broker start",
             )
         match req:
-            case wire.GetToken(server=name, min_ttl=min_ttl):
+            case wire.GetToken(server=name, min_ttl=min_ttl, method=method, url=url, dpop_nonce=nonce):
                 ttl = wire.DEFAULT_MIN_TTL if min_ttl is None else max(0.0, min_ttl)
-                return await self._actor(name).get_token(ttl)
-            case wire.TokenRejected(server=name, token=token, www_authenticate=header):
-                return await self._actor(name).token_rejected(token, header)
+                return await self._actor(name).get_token(ttl, method=method, url=url, dpop_nonce=nonce)
+            case wire.TokenRejected(
+                server=name, token=token, www_authenticate=header, method=method, url=url, dpop_nonce=nonce
+            ):
+                actor = self._actor(name)
+                return await actor.token_rejected(token, header, method=method, url=url, dpop_nonce=nonce)
             case wire.ScopeInsufficient(server=name, token=token, scopes=scopes, www_authenticate=header):
                 return await self._actor(name).scope_insufficient(token, scopes, header)
             case wire.Hello() | wire.Status() | wire.ListServers():
