@@ -30,6 +30,7 @@ from brokerd import __version__, config, ncp_import, wire
 from brokerd.actors import Actor, BearerActor, ConflictActor, OAuthUnavailableActor, UnbrokeredActor
 from brokerd.grant import IdpRegistry, OAuthActor, OAuthContext
 from brokerd.oauth import canonical_url
+from brokerd.resource_requests import ResourceRequest, resource_request
 from brokerd.store import Store
 
 __all__ = ["Broker"]
@@ -178,14 +179,13 @@ class Broker:
                 "wait for it to stop, then: ncp-broker start",
             )
         match req:
-            case wire.GetToken(server=name, min_ttl=min_ttl, method=method, url=url, dpop_nonce=nonce):
+            case wire.GetToken(server=name, min_ttl=min_ttl):
                 ttl = wire.DEFAULT_MIN_TTL if min_ttl is None else max(0.0, min_ttl)
-                return await self._actor(name).get_token(ttl, method=method, url=url, dpop_nonce=nonce)
-            case wire.TokenRejected(
-                server=name, token=token, www_authenticate=header, method=method, url=url, dpop_nonce=nonce
-            ):
                 actor = self._actor(name)
-                return await actor.token_rejected(token, header, method=method, url=url, dpop_nonce=nonce)
+                return await actor.get_token(ttl, request=self._request(actor, req))
+            case wire.TokenRejected(server=name, token=token, www_authenticate=header):
+                actor = self._actor(name)
+                return await actor.token_rejected(token, header, request=self._request(actor, req))
             case wire.ScopeInsufficient(server=name, token=token, scopes=scopes, www_authenticate=header):
                 return await self._actor(name).scope_insufficient(token, scopes, header)
             case wire.Hello(protocol=protocol):
@@ -231,6 +231,17 @@ class Broker:
                 self.shutdown_requested.set()
                 return wire.ShutdownResult()
         raise AssertionError(f"unhandled request {type(req).__name__}")  # pragma: no cover
+
+    @staticmethod
+    def _request(actor: Actor, req: wire.GetToken | wire.TokenRejected) -> ResourceRequest | None:
+        """The HTTP request ``req`` names its token for, checked to be at the server's origin.
+
+        Raises:
+            WireError: ``bad_request``: malformed, or a URL at another origin.
+        """
+        return resource_request(
+            actor.server.url or "", method=req.method, url=req.url, nonce=req.dpop_nonce, label=actor.label
+        )
 
     def _with_aliases(self, name: str, result: _WithAliases) -> _WithAliases:
         """``result`` with the other names of the grant the request acted on, so the answer can say so."""
