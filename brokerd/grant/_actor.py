@@ -576,6 +576,15 @@ class OAuthActor(Actor):
     async def scope_insufficient(
         self, token: Secret | None, scopes: list[str], www_authenticate: str | None
     ) -> TokenResult:
+        if self.presenter.kind != "authorization_code":
+            # No person to consent to more: the grant asks for the scopes its config names.
+            wanted = " ".join(scopes) or "more scope"
+            raise WireError(
+                "insufficient_scope",
+                f"{self.label}: the server wants {wanted}, and this grant ({self.settings.grant}) asks for "
+                "the scopes its config names; nobody is there to grant more",
+                f"add them to auth.oauth21.scopes of {self.server.name}, then: ncp-broker reload",
+            )
         return await self.logins.step_up(token, scopes, www_authenticate)
 
     async def logout(self) -> LogoutResult:

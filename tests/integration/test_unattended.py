@@ -152,6 +152,9 @@ def test_client_credentials_with_a_secret_renew_across_expiries_without_a_person
     daemon = started(broker)
     try:
         assert status(broker)["state"] == "ready"
+        with pytest.raises(ncp_client.InsufficientScope) as err:  # a step-up: no browser, the config's fix
+            ncp_client.scope_insufficient(NAME, None, scopes=["mcp:admin"], socket_path=broker.socket)
+        assert "auth.oauth21.scopes" in err.value.hint
         seen = tokens_over(broker, 9.0, mcp)
         assert len(seen) >= 4  # four expiries of a 3-second token
         stats = oidc.stats()
