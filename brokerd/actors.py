@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Literal, Protocol
 
 from brokerd.config import Server
-from brokerd.resource_requests import check_request
+from brokerd.resource_requests import ResourceRequest
 from brokerd.secret import Secret
 from brokerd.wire import (
     GrantState,
@@ -108,16 +108,9 @@ class Actor:
             f"ncp-broker add {self.server.name} {self.server.url or 'URL'} --oauth",
         )
 
-    async def get_token(
-        self,
-        min_ttl: float,
-        *,
-        method: str | None = None,
-        url: str | None = None,
-        dpop_nonce: str | None = None,
-    ) -> TokenResult:
-        """A token with ``min_ttl`` left; ``method``, ``url`` and ``dpop_nonce`` name the request it is for
-        (a DPoP-bound token's answer carries a proof for it)."""
+    async def get_token(self, min_ttl: float, *, request: ResourceRequest | None = None) -> TokenResult:
+        """A token with ``min_ttl`` left; ``request`` is the one HTTP request it is for (a DPoP-bound
+        token's answer carries a proof for it)."""
         raise self._refusal()
 
     def token_now(self, min_ttl: float) -> TokenResult | None:
@@ -130,9 +123,7 @@ class Actor:
         token: Secret,
         www_authenticate: str | None = None,
         *,
-        method: str | None = None,
-        url: str | None = None,
-        dpop_nonce: str | None = None,
+        request: ResourceRequest | None = None,
     ) -> TokenResult:
         raise self._refusal()
 
@@ -194,16 +185,8 @@ class BearerActor(Actor):
             self._key, self._rejected_at = server.access_key, None
         super().reconfigure(server, aliases)
 
-    async def get_token(
-        self,
-        min_ttl: float,
-        *,
-        method: str | None = None,
-        url: str | None = None,
-        dpop_nonce: str | None = None,
-    ) -> TokenResult:
-        """The access key; a request it is for must be at the server's origin (an access key is Bearer)."""
-        check_request(self.server.url or "", method=method, url=url, nonce=dpop_nonce, label=self.label)
+    async def get_token(self, min_ttl: float, *, request: ResourceRequest | None = None) -> TokenResult:
+        """The access key (Bearer, whatever ``request`` the caller names)."""
         if self._key is None:
             assert self.server.url is not None
             self._key = await self._store.load_access_key(self.server.url)
@@ -247,11 +230,9 @@ class BearerActor(Actor):
         token: Secret,
         www_authenticate: str | None = None,
         *,
-        method: str | None = None,
-        url: str | None = None,
-        dpop_nonce: str | None = None,
+        request: ResourceRequest | None = None,
     ) -> TokenResult:
-        answer = await self.get_token(0, method=method, url=url, dpop_nonce=dpop_nonce)
+        answer = await self.get_token(0, request=request)
         if token == answer.token:
             self._rejected_at = time.time()
         return answer
@@ -276,14 +257,7 @@ class _RefusingActor(Actor):
     def _error(self) -> WireError:
         raise NotImplementedError
 
-    async def get_token(
-        self,
-        min_ttl: float,
-        *,
-        method: str | None = None,
-        url: str | None = None,
-        dpop_nonce: str | None = None,
-    ) -> TokenResult:
+    async def get_token(self, min_ttl: float, *, request: ResourceRequest | None = None) -> TokenResult:
         raise self._error()
 
     async def token_rejected(
@@ -291,9 +265,7 @@ class _RefusingActor(Actor):
         token: Secret,
         www_authenticate: str | None = None,
         *,
-        method: str | None = None,
-        url: str | None = None,
-        dpop_nonce: str | None = None,
+        request: ResourceRequest | None = None,
     ) -> TokenResult:
         raise self._error()
 

@@ -30,7 +30,7 @@ from brokerd import __version__, config, ncp_import, wire
 from brokerd.actors import Actor, BearerActor, ConflictActor, OAuthUnavailableActor, UnbrokeredActor
 from brokerd.grant import IdpRegistry, OAuthActor, OAuthContext
 from brokerd.oauth import canonical_url
-from brokerd.resource_requests import check_request
+from brokerd.resource_requests import ResourceRequest, resource_request
 from brokerd.store import Store
 
 __all__ = ["Broker"]
@@ -179,15 +179,16 @@ class Broker:
             WireError: as ``handle`` would (``unknown_server``).
         """
         match req:
-            case wire.GetToken(server=name, min_ttl=min_ttl, method=method, url=url, dpop_nonce=nonce):
+            case wire.GetToken(server=name, min_ttl=min_ttl):
                 ttl = wire.DEFAULT_MIN_TTL if min_ttl is None else max(0.0, min_ttl)
                 actor = self._actor(name)
                 result = actor.token_now(ttl)
-                if result is None or (method, url, nonce) == (None, None, None):
-                    return result
-                if result.token_type != "Bearer":  # noqa: S105 - a DPoP proof is made by get_token
+                if result is None:
                     return None
-                check_request(actor.server.url or "", method=method, url=url, nonce=nonce, label=actor.label)
+                # A DPoP proof is made by get_token (a fresh one per request); the origin is checked first.
+                named = self._request(actor, req)
+                if named is not None and result.token_type != "Bearer":  # noqa: S105 - a token type
+                    return None
                 return result
             case wire.Hello(protocol=wire.PROTOCOL_VERSION) | wire.Status() | wire.ListServers():
                 return self._answer(req)
@@ -201,14 +202,13 @@ class Broker:
                 "wait for it to stop, then: ncp-broker start",
             )
         match req:
-            case wire.GetToken(server=name, min_ttl=min_ttl, method=method, url=url, dpop_nonce=nonce):
+            case wire.GetToken(server=name, min_ttl=min_ttl):
                 ttl = wire.DEFAULT_MIN_TTL if min_ttl is None else max(0.0, min_ttl)
-                return await self._actor(name).get_token(ttl, method=method, url=url, dpop_nonce=nonce)
-            case wire.TokenRejected(
-                server=name, token=token, www_authenticate=header, method=method, url=url, dpop_nonce=nonce
-            ):
                 actor = self._actor(name)
-                return await actor.token_rejected(token, header, method=method, url=url, dpop_nonce=nonce)
+                return await actor.get_token(ttl, request=self._request(actor, req))
+            case wire.TokenRejected(server=name, token=token, www_authenticate=header):
+                actor = self._actor(name)
+                return await actor.token_rejected(token, header, request=self._request(actor, req))
             case wire.ScopeInsufficient(server=name, token=token, scopes=scopes, www_authenticate=header):
                 return await self._actor(name).scope_insufficient(token, scopes, header)
             case wire.Hello() | wire.Status() | wire.ListServers():
@@ -261,6 +261,17 @@ class Broker:
                 names = list(self.actors) if url is None else self.find(url)
                 return wire.ListResult(servers=[self._listing(name) for name in names])
         raise AssertionError(f"not answered from memory: {type(req).__name__}")  # pragma: no cover
+
+    @staticmethod
+    def _request(actor: Actor, req: wire.GetToken | wire.TokenRejected) -> ResourceRequest | None:
+        """The HTTP request ``req`` names its token for, checked to be at the server's origin.
+
+        Raises:
+            WireError: ``bad_request``: malformed, or a URL at another origin.
+        """
+        return resource_request(
+            actor.server.url or "", method=req.method, url=req.url, nonce=req.dpop_nonce, label=actor.label
+        )
 
     def _with_aliases(self, name: str, result: _WithAliases) -> _WithAliases:
         """``result`` with the other names of the grant the request acted on, so the answer can say so."""

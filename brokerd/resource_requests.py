@@ -1,24 +1,52 @@
 """What a caller may ask a token for: one HTTP request to the server, named by its method and URL.
 
-``get_token`` and ``token_rejected`` may name the request the token is about to be sent with, so that a
-DPoP-bound token's answer carries a proof for it (RFC 9449 §7; ``brokerd.grant._dpop``). Whatever the
-token, the daemon refuses to name a request to anywhere but the server's own origin (scheme, host, port): a
-client bug that would send a token elsewhere stops here.
+``get_token`` and ``token_rejected`` may name the request the token is about to be sent with (a
+:class:`ResourceRequest`), so that a DPoP-bound token's answer carries a proof for it (RFC 9449 §7;
+``brokerd.grant._dpop``). Whatever the token, the daemon refuses to name a request to anywhere but the
+server's own origin (scheme, host, port): a client bug that would send a token elsewhere stops here.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from brokerd.wire import WireError
 
-__all__ = ["check_request"]
+__all__ = ["ResourceRequest", "check_request", "resource_request"]
 
 _METHOD = re.compile(r"^[A-Za-z]{1,20}$")
 _MAX_URL = 8192
 _MAX_NONCE = 1024
 _NQCHAR = frozenset(chr(c) for c in range(0x21, 0x7F)) - {'"', "\\"}
+
+
+@dataclass(frozen=True, slots=True)
+class ResourceRequest:
+    """The one HTTP request a token is asked for: ``method`` and ``url`` (checked to be at the server's
+    origin), and ``dpop_nonce``, the resource server's ``DPoP-Nonce`` when it demanded one."""
+
+    method: str
+    url: str
+    dpop_nonce: str | None = None
+
+
+def resource_request(
+    server_url: str, *, method: str | None, url: str | None, nonce: str | None, label: str
+) -> ResourceRequest | None:
+    """The request a ``get_token`` or ``token_rejected`` names, checked (see :func:`check_request`); None
+    when it names none.
+
+    Raises:
+        WireError: ``bad_request``, as :func:`check_request`; a nonce without the request it is for.
+    """
+    check_request(server_url, method=method, url=url, nonce=nonce, label=label)
+    if method is None or url is None:
+        if nonce is not None:
+            raise WireError("bad_request", f"{label}: dpop_nonce needs the method and url it is for")
+        return None
+    return ResourceRequest(method.upper(), url, nonce)
 
 
 def _origin(url: str) -> tuple[str, str, int | None]:

@@ -47,7 +47,7 @@ from brokerd.grant._present import Plan, Presenter
 from brokerd.grant._sources import CredentialError
 from brokerd.oauth import canonical_url
 from brokerd.oauth_driver import drive, send
-from brokerd.resource_requests import check_request
+from brokerd.resource_requests import ResourceRequest
 from brokerd.secret import Secret
 from brokerd.store import Store
 from brokerd.wire import (
@@ -230,38 +230,29 @@ class OAuthActor(Actor):
 
     # ---- tokens -----------------------------------------------------------------------------------
 
-    async def get_token(
-        self,
-        min_ttl: float,
-        *,
-        method: str | None = None,
-        url: str | None = None,
-        dpop_nonce: str | None = None,
-    ) -> TokenResult:
+    async def get_token(self, min_ttl: float, *, request: ResourceRequest | None = None) -> TokenResult:
         """A token with ``min_ttl`` left (capped for short-lived tokens), renewing first if needed; with
-        ``method`` and ``url``, and a DPoP-bound token, a proof for that request too.
+        ``request``, and a DPoP-bound token, a proof for that request too.
 
         Waits at most :data:`renewal.JOIN_WAIT` for a renewal (T5): then the still-valid token, or
         ``as_unreachable`` once it has expired.
         """
-        check_request(self.server.url or "", method=method, url=url, nonce=dpop_nonce, label=self.label)
-        result = await self.serve(min_ttl)
-        return self._with_proof(result, method, url, dpop_nonce)
+        return self._with_proof(await self.serve(min_ttl), request)
 
-    def _with_proof(
-        self, result: TokenResult, method: str | None, url: str | None, nonce: str | None
-    ) -> TokenResult:
-        """``result`` with a DPoP proof for ``method url`` when its token is DPoP-bound (E3)."""
-        if nonce is not None:
-            self._rs_nonce = nonce  # the resource server's latest: used until it demands another
+    def _with_proof(self, result: TokenResult, request: ResourceRequest | None) -> TokenResult:
+        """``result`` with a DPoP proof for ``request`` when its token is DPoP-bound (E3)."""
+        if request is None:
+            return result
+        if request.dpop_nonce is not None:
+            self._rs_nonce = request.dpop_nonce  # the resource server's latest, until it demands another
         tokens = self.grant.tokens
-        if method is None or url is None or tokens is None or tokens.access_token != result.token:
+        if tokens is None or tokens.access_token != result.token:
             return result
         proof = resource_proof(
             tokens,
             self.grant.dpop_key,
-            method=method,
-            url=url,
+            method=request.method,
+            url=request.url,
             now=self._ctx.clock(),
             entropy=self._ctx.entropy,
             nonce=self._rs_nonce,
@@ -321,24 +312,17 @@ class OAuthActor(Actor):
                     raise self._refused(decision)
 
     async def token_rejected(
-        self,
-        token: Secret,
-        www_authenticate: str | None = None,
-        *,
-        method: str | None = None,
-        url: str | None = None,
-        dpop_nonce: str | None = None,
+        self, token: Secret, www_authenticate: str | None = None, *, request: ResourceRequest | None = None
     ) -> TokenResult:
         """The resource answered 401 to ``token``: renew it if it is still the one held (compare and swap),
-        else answer the newer one (with a proof for ``method url`` when it is DPoP-bound). With the 401's
+        else answer the newer one (with a proof for ``request`` when it is DPoP-bound). With the 401's
         header, first check that the server has not moved to another authorization server (D7)."""
-        check_request(self.server.url or "", method=method, url=url, nonce=dpop_nonce, label=self.label)
         grant = self.grant
         await grant.load()
         tokens = grant.tokens
         if tokens is not None and tokens.access_token == token and www_authenticate is not None:
             await self._follow_authorization_server(tokens, www_authenticate)
-        return self._with_proof(await self.serve(0, refused=token), method, url, dpop_nonce)
+        return self._with_proof(await self.serve(0, refused=token), request)
 
     async def _follow_authorization_server(self, tokens: oauth.TokenSet, www_authenticate: str) -> None:
         """D7: a refused token may mean the server moved to another authorization server. Rediscover; if the
@@ -605,6 +589,15 @@ class OAuthActor(Actor):
     async def scope_insufficient(
         self, token: Secret | None, scopes: list[str], www_authenticate: str | None
     ) -> TokenResult:
+        if self.presenter.kind != "authorization_code":
+            # No person to consent to more: the grant asks for the scopes its config names.
+            wanted = " ".join(scopes) or "more scope"
+            raise WireError(
+                "insufficient_scope",
+                f"{self.label}: the server wants {wanted}, and this grant ({self.settings.grant}) asks for "
+                "the scopes its config names; nobody is there to grant more",
+                f"add them to auth.oauth21.scopes of {self.server.name}, then: ncp-broker reload",
+            )
         return await self.logins.step_up(token, scopes, www_authenticate)
 
     async def logout(self) -> LogoutResult:

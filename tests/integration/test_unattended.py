@@ -53,6 +53,16 @@ def cc_client(client_id: str, **metadata: Any) -> dict[str, Any]:
     }
 
 
+def key_client(key: keys.PrivateKey) -> dict[str, Any]:
+    """The client ``ci-bot`` at the authorization server, authenticating with ``key`` (private_key_jwt)."""
+    return cc_client(
+        "ci-bot",
+        token_endpoint_auth_method="private_key_jwt",
+        token_endpoint_auth_signing_alg="ES256",
+        jwks={"keys": [key.public_jwk]},
+    )
+
+
 def write_key(path: Path, key: keys.PrivateKey | None = None, mode: int = 0o600) -> keys.PrivateKey:
     """A client key in a PEM file of ``mode``; its material is a secret of the session's scan."""
     key = key or keys.new_dpop_key()  # any EC P-256 key
@@ -142,6 +152,9 @@ def test_client_credentials_with_a_secret_renew_across_expiries_without_a_person
     daemon = started(broker)
     try:
         assert status(broker)["state"] == "ready"
+        with pytest.raises(ncp_client.InsufficientScope) as err:  # a step-up: no browser, the config's fix
+            ncp_client.scope_insufficient(NAME, None, scopes=["mcp:admin"], socket_path=broker.socket)
+        assert "auth.oauth21.scopes" in err.value.hint
         seen = tokens_over(broker, 9.0, mcp)
         assert len(seen) >= 4  # four expiries of a 3-second token
         stats = oidc.stats()
@@ -169,12 +182,7 @@ def test_client_credentials_with_private_key_jwt(
     jti it has seen, so every renewal proves a new one); `ncp-broker login` gets a token without a browser."""
     path = tmp_path / "ci-bot.pem"
     key = write_key(path)
-    client = cc_client(
-        "ci-bot",
-        token_endpoint_auth_method="private_key_jwt",
-        token_endpoint_auth_signing_alg="ES256",
-        jwks={"keys": [key.public_jwk]},
-    )
+    client = key_client(key)
     oidc = oidc_server(clients=[client], access_token_ttl=TTL, extra={"client_credentials": True})
     mcp = mcp_server(oidc)
     broker.write_config(
@@ -217,12 +225,7 @@ def test_a_bad_client_key_is_refused_with_the_fix(
     nothing sent to the authorization server; once fixed, the next request works (no restart)."""
     path = tmp_path / "ci-bot.pem"
     key = write_key(path)
-    client = cc_client(
-        "ci-bot",
-        token_endpoint_auth_method="private_key_jwt",
-        token_endpoint_auth_signing_alg="ES256",
-        jwks={"keys": [key.public_jwk]},
-    )
+    client = key_client(key)
     oidc = oidc_server(clients=[client], extra={"client_credentials": True})
     mcp = mcp_server(oidc)
     if damage == "mode":
@@ -343,12 +346,7 @@ def test_a_client_key_in_the_keyring(
         secret_scan.record_secret(kind, value)
     monkeypatch.setenv(FILE_VARIABLE, str(keyring_file))
     FileKeyring().set_password("ncp-broker", "ci-bot-key", pem)  # as `keyring set ncp-broker ci-bot-key`
-    client = cc_client(
-        "ci-bot",
-        token_endpoint_auth_method="private_key_jwt",
-        token_endpoint_auth_signing_alg="ES256",
-        jwks={"keys": [key.public_jwk]},
-    )
+    client = key_client(key)
     oidc = oidc_server(clients=[client], extra={"client_credentials": True})
     mcp = mcp_server(oidc)
     oauth21 = {"grant": "client_credentials", "clientId": "ci-bot", "privateKey": {"keyring": "ci-bot-key"}}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from brokerd.resource_requests import check_request
+from brokerd.resource_requests import ResourceRequest, check_request, resource_request
 from brokerd.wire import WireError
 
 SERVER = "https://mcp.example.com/api"
@@ -61,4 +61,14 @@ def test_malformed_requests_are_refused(
 ) -> None:
     with pytest.raises(WireError, match=message) as err:
         check_request(SERVER, method=method, url=url, nonce=nonce, label="srv")
+    assert err.value.code == "bad_request"
+
+
+def test_a_request_is_named_by_method_url_and_nonce() -> None:
+    """resource_request: None when nothing is named; the method upper-cased; a nonce needs its request."""
+    assert resource_request(SERVER, method=None, url=None, nonce=None, label="srv") is None
+    named = resource_request(SERVER, method="post", url=f"{SERVER}?x=1", nonce="n-1", label="srv")
+    assert named == ResourceRequest("POST", f"{SERVER}?x=1", "n-1")
+    with pytest.raises(WireError, match="needs the method and url") as err:
+        resource_request(SERVER, method=None, url=None, nonce="n-1", label="srv")
     assert err.value.code == "bad_request"
