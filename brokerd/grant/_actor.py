@@ -38,13 +38,12 @@ import trio
 from brokerd import oauth, renewal
 from brokerd.actors import Actor, LoginMode
 from brokerd.config import OAuthSettings, Server
-from brokerd.grant import _forget, _import, _status
+from brokerd.grant import _forget, _import, _renew, _status
 from brokerd.grant._context import OAuthContext
 from brokerd.grant._dpop import resource_proof
 from brokerd.grant._grant import Grant
 from brokerd.grant._login import Logins
-from brokerd.grant._present import Plan, Presenter
-from brokerd.grant._sources import CredentialError
+from brokerd.grant._present import Presenter
 from brokerd.oauth import canonical_url
 from brokerd.oauth_driver import drive, send
 from brokerd.resource_requests import ResourceRequest
@@ -390,7 +389,7 @@ class OAuthActor(Actor):
         # not a stop, not a reload. The HTTP driver's own timeout bounds it.
         with trio.CancelScope(shield=True):
             try:
-                await self._renew(seen)
+                await _renew.renew(self, seen)
             except Exception:
                 log.exception("%s: the refresh crashed", self.label)
                 if self.grant.state.phase is renewal.Phase.IN_FLIGHT:
@@ -398,109 +397,6 @@ class OAuthActor(Actor):
             finally:
                 self._renewal = None
                 current.done.set()
-
-    async def _renew(self, seen: oauth.TokenSet | None) -> None:
-        """One renewal (or, with ``seen`` None, the first token of a grant that needs no person): read what
-        it presents, send it, and persist the answer before anyone can take it (rule 3)."""
-        grant = self.grant
-        try:
-            plan = await self.presenter.plan(seen)
-        except (CredentialError, oauth.OAuthError) as exc:
-            await self._failed(seen, None, exc, sent=False)  # nothing was sent
-            return
-        if plan.spends_refresh_token:
-            assert seen is not None
-            await grant.mark_sent(seen)
-        try:
-            new = await self.drive(plan.flow)
-        except (CredentialError, oauth.OAuthError) as exc:
-            await self._failed(seen, plan, exc, sent=True)
-            return
-        if plan.spends_refresh_token:
-            grant.sent_ended(answered=True)
-        if grant.tokens is not seen:
-            # A login replaced the grant while this renewal was out: its answer belongs to a grant nobody
-            # holds any more.
-            log.info("%s: a refresh finished for a grant a login has replaced; dropping it", self.label)
-            grant.apply(renewal.Settled())
-            await grant.save()
-            return
-        grant.registrations[plan.registration.issuer] = plan.registration
-        await grant.save(new, plan.dpop_key)  # on disk before any caller can take its access token (rule 3)
-        grant.take(new, dpop_key=plan.dpop_key, renewed=True)
-        what = (
-            "refreshed" if seen is not None and seen.refresh_token else "renewed" if seen else "got a token"
-        )
-        bound = " (DPoP-bound)" if new.dpop_jkt else ""
-        log.info("%s: %s%s; the new token expires at %s", self.label, what, bound, new.expires_at)
-
-    async def _failed(
-        self, seen: oauth.TokenSet | None, plan: Plan | None, exc: Exception, *, sent: bool
-    ) -> None:
-        """A renewal that ended without tokens. Only ``invalid_grant`` and friends end a held grant; an
-        unattended grant with nothing held ends on any refusal of what it presents, so that it is not
-        presented again (the conformance suite counts such a retry as a fault, and so do IdPs' alarms)."""
-        grant = self.grant
-        spent = plan is not None and plan.spends_refresh_token
-        transient = isinstance(exc, oauth.TransientError)
-        answered = not transient or (isinstance(exc, oauth.TransientError) and exc.status is not None)
-        if spent:
-            grant.sent_ended(answered=answered)
-        if grant.tokens is not seen:
-            grant.apply(renewal.Settled())  # a login replaced the grant meanwhile
-            await grant.save()
-            return
-        message = exc.message if isinstance(exc, CredentialError | oauth.OAuthError) else str(exc)
-        hint = exc.hint if isinstance(exc, CredentialError | oauth.OAuthError) else None
-        ends = isinstance(exc, oauth.GrantEndedError) or (
-            seen is None and not transient and not isinstance(exc, oauth.PeerError)
-        )
-        if ends:
-            if grant.state.unattended:
-                await self.presenter.note_refused(plan if sent else None)
-            self._grant_ended(seen, exc, message, hint)
-            await grant.save()
-            return
-        retry_after = exc.retry_after if isinstance(exc, oauth.TransientError) else None
-        grant.apply(renewal.Failed(self._ctx.clock(), self._ctx.jitter(), retry_after))
-        if answered:
-            await grant.save()  # the answer came: the durable "sent" mark goes
-        kind = "credentials" if isinstance(exc, CredentialError) else "transient" if transient else "refused"
-        shown = message if isinstance(exc, CredentialError) else f"{type(exc).__name__}: {message}"
-        grant.note_error(kind, shown, hint)
-        retry_at = grant.state.retry_at or 0.0
-        log.warning(
-            "%s: %s failed (attempt %d), keeping the grant, retrying in %.0f s: %s",
-            self.label,
-            "refresh" if seen is not None else "getting a token",
-            grant.state.failures,
-            max(0.0, retry_at - self._ctx.clock()),
-            message,
-        )
-
-    def _grant_ended(self, seen: oauth.TokenSet | None, exc: Exception, why: str, hint: str | None) -> None:
-        grant = self.grant
-        unanswered = grant.unanswered
-        if unanswered is not None:
-            why = f"{why}; {unanswered.explain()}"
-        if isinstance(exc, oauth.GrantEndedError) and exc.client_rejected and seen is not None:
-            grant.registrations.pop(seen.issuer, None)
-        grant.drop(renewal.Ended())
-        if isinstance(exc, CredentialError):
-            kind, text = "credentials", why
-        elif isinstance(exc, oauth.GrantEndedError):
-            kind, text = "grant_ended", f"the authorization server ended the grant ({why})"
-        else:
-            kind, text = "refused", why
-        if grant.state.unattended and kind != "credentials" and not hint:
-            hint = f"check this server's client and credentials in the config, then: {self.login_hint}"
-        grant.note_error(kind, text, hint if grant.state.unattended else None)
-        log.warning(
-            "%s: %s; %s",
-            self.label,
-            text,
-            "not sent again until it changes" if grant.state.unattended else "a login is needed",
-        )
 
     # ---- the HTTP side ----------------------------------------------------------------------------
 
