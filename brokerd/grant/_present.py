@@ -30,6 +30,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
+import msgspec
+
 from brokerd import keys, oauth
 from brokerd.grant._client_key import load_client_key
 from brokerd.grant._sources import FileState, TokenSource, file_state
@@ -181,6 +183,7 @@ class Presenter:
             raise oauth.GrantEndedError(
                 "the client registration for this grant is gone", error=None, hint=actor.login_hint
             )
+        registration = self._current(registration)
         dpop_key = actor.grant.dpop_key
         sender = await self.sender(dpop_key)
         assertion = presented = None
@@ -189,6 +192,20 @@ class Presenter:
         flow = oauth.renew(seen, registration, policy=actor.policy, sender=sender, assertion=assertion)
         spends = seen.refresh_token is not None
         return Plan(flow, registration, dpop_key, spends_refresh_token=spends, presented=presented)
+
+    def _current(self, registration: oauth.Registration) -> oauth.Registration:
+        """A configured client of a grant without a person, with the secret the config holds now: a reload
+        that changes ``clientSecret`` applies to the next renewal (nobody logs in to bring it in)."""
+        settings = self._actor.settings
+        configured = (
+            self.kind != "authorization_code"
+            and registration.source == "preregistered"
+            and registration.client_id == (settings.client_id or "")
+            and registration.token_endpoint_auth_method in ("client_secret_basic", "client_secret_post")
+        )
+        if not configured or settings.client_secret is None:
+            return registration
+        return msgspec.structs.replace(registration, client_secret=settings.client_secret)
 
     async def _first(self) -> Plan:
         actor = self._actor

@@ -252,6 +252,28 @@ def test_a_bad_client_key_is_refused_with_the_fix(
         daemon.stop()
 
 
+def test_a_reloaded_client_secret_is_used_by_the_next_renewal(
+    broker: Env, oidc_server: OidcServerFactory, mcp_server: McpServerFactory
+) -> None:
+    """A reload that changes clientSecret applies to the next renewal of the held token, with no login:
+    here the new one is wrong, and the renewal is refused for it (the old one would still have worked)."""
+    client = cc_client("ci-bot", client_secret=SECRET, token_endpoint_auth_method="client_secret_basic")
+    oidc = oidc_server(clients=[client], access_token_ttl=TTL, extra={"client_credentials": True})
+    mcp = mcp_server(oidc)
+    config = entry(mcp.url, grant="client_credentials", clientId="ci-bot", clientSecret=SECRET)
+    broker.write_config({NAME: config})
+    daemon = started(broker)
+    try:
+        token(broker)
+        config["auth"]["oauth21"]["clientSecret"] = "rotated-wrong-secret"
+        broker.write_config({NAME: config})
+        assert broker.run("ncp-broker", "reload").returncode == 0
+        assert "invalid_client" in refused_within(broker, 3 * TTL).message
+        assert oidc.stats()["token_errors"] == {"invalid_client": 1}
+    finally:
+        daemon.stop()
+
+
 def test_a_refused_client_secret_is_not_sent_again(
     broker: Env, oidc_server: OidcServerFactory, mcp_server: McpServerFactory
 ) -> None:
