@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Literal, Protocol
 
 from brokerd.config import Server
+from brokerd.resource_requests import ResourceRequest
 from brokerd.secret import Secret
 from brokerd.wire import (
     GrantState,
@@ -110,7 +111,9 @@ class Actor:
             f"ncp-broker add {self.server.name} {self.server.url or 'URL'} --oauth",
         )
 
-    async def get_token(self, min_ttl: float) -> TokenResult:
+    async def get_token(self, min_ttl: float, *, request: ResourceRequest | None = None) -> TokenResult:
+        """A token with ``min_ttl`` left; ``request`` is the one HTTP request it is for (a DPoP-bound
+        token's answer carries a proof for it)."""
         raise self._refusal()
 
     def token_now(self, min_ttl: float) -> TokenResult | None:
@@ -118,7 +121,13 @@ class Actor:
         None (then ``get_token`` answers). Never raises."""
         return None
 
-    async def token_rejected(self, token: Secret, www_authenticate: str | None = None) -> TokenResult:
+    async def token_rejected(
+        self,
+        token: Secret,
+        www_authenticate: str | None = None,
+        *,
+        request: ResourceRequest | None = None,
+    ) -> TokenResult:
         raise self._refusal()
 
     async def scope_insufficient(
@@ -179,7 +188,8 @@ class BearerActor(Actor):
             self._key, self._rejected_at = server.access_key, None
         super().reconfigure(server, aliases)
 
-    async def get_token(self, min_ttl: float) -> TokenResult:
+    async def get_token(self, min_ttl: float, *, request: ResourceRequest | None = None) -> TokenResult:
+        """The access key (Bearer, whatever ``request`` the caller names)."""
         if self._key is None:
             assert self.server.url is not None
             self._key = await self._store.load_access_key(self.server.url)
@@ -218,8 +228,14 @@ class BearerActor(Actor):
             return await super().invalidate(what)
         return InvalidateResult(forgot=["tokens"] if await self._forget_key() else [], saved=True)
 
-    async def token_rejected(self, token: Secret, www_authenticate: str | None = None) -> TokenResult:
-        answer = await self.get_token(0)
+    async def token_rejected(
+        self,
+        token: Secret,
+        www_authenticate: str | None = None,
+        *,
+        request: ResourceRequest | None = None,
+    ) -> TokenResult:
+        answer = await self.get_token(0, request=request)
         if token == answer.token:
             self._rejected_at = time.time()
         return answer
@@ -244,10 +260,16 @@ class _RefusingActor(Actor):
     def _error(self) -> WireError:
         raise NotImplementedError
 
-    async def get_token(self, min_ttl: float) -> TokenResult:
+    async def get_token(self, min_ttl: float, *, request: ResourceRequest | None = None) -> TokenResult:
         raise self._error()
 
-    async def token_rejected(self, token: Secret, www_authenticate: str | None = None) -> TokenResult:
+    async def token_rejected(
+        self,
+        token: Secret,
+        www_authenticate: str | None = None,
+        *,
+        request: ResourceRequest | None = None,
+    ) -> TokenResult:
         raise self._error()
 
     def status(self) -> GrantState:

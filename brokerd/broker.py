@@ -28,8 +28,9 @@ import trio
 
 from brokerd import __version__, config, ncp_import, wire
 from brokerd.actors import Actor, BearerActor, ConflictActor, OAuthUnavailableActor, UnbrokeredActor
-from brokerd.grant import OAuthActor, OAuthContext
+from brokerd.grant import IdpRegistry, OAuthActor, OAuthContext
 from brokerd.oauth import canonical_url
+from brokerd.resource_requests import ResourceRequest, resource_request
 from brokerd.store import Store
 
 __all__ = ["Broker"]
@@ -72,6 +73,8 @@ class Broker:
         self.actors: dict[str, Actor] = {}  # by config name; aliases share one actor
         self._grants: dict[str, Actor] = {}  # by canonical server URL
         self._retired: dict[str, Actor] = {}  # OAuth actors whose server left the config, by URL
+        # The enterprise IdP grants (E2), one per issuer, shared by every server that names it.
+        self._idps = IdpRegistry(store, oauth) if oauth is not None else None
         self._apply(cfg)
 
     # ---- config -------------------------------------------------------------------------------------
@@ -81,7 +84,7 @@ class Broker:
             return BearerActor(server, self.store, aliases)
         if self.oauth is None:
             return OAuthUnavailableActor(server, aliases)
-        return OAuthActor(server, self.store, self.oauth, aliases)
+        return OAuthActor(server, self.store, self.oauth, aliases, idps=self._idps)
 
     def _apply(self, cfg: config.Config) -> None:
         actors: dict[str, Actor] = {}
@@ -152,6 +155,8 @@ class Broker:
         self.stopping = True
         for actor in {id(a): a for a in (*self._grants.values(), *self._retired.values())}.values():
             actor.close()
+        if self._idps is not None:
+            self._idps.close()
 
     # ---- requests -----------------------------------------------------------------------------------
 
@@ -176,7 +181,15 @@ class Broker:
         match req:
             case wire.GetToken(server=name, min_ttl=min_ttl):
                 ttl = wire.DEFAULT_MIN_TTL if min_ttl is None else max(0.0, min_ttl)
-                return self._actor(name).token_now(ttl)
+                actor = self._actor(name)
+                result = actor.token_now(ttl)
+                if result is None:
+                    return None
+                # A DPoP proof is made by get_token (a fresh one per request); the origin is checked first.
+                named = self._request(actor, req)
+                if named is not None and result.token_type != "Bearer":  # noqa: S105 - a token type
+                    return None
+                return result
             case wire.Hello(protocol=wire.PROTOCOL_VERSION) | wire.Status() | wire.ListServers():
                 return self._answer(req)
         return None
@@ -191,9 +204,11 @@ class Broker:
         match req:
             case wire.GetToken(server=name, min_ttl=min_ttl):
                 ttl = wire.DEFAULT_MIN_TTL if min_ttl is None else max(0.0, min_ttl)
-                return await self._actor(name).get_token(ttl)
+                actor = self._actor(name)
+                return await actor.get_token(ttl, request=self._request(actor, req))
             case wire.TokenRejected(server=name, token=token, www_authenticate=header):
-                return await self._actor(name).token_rejected(token, header)
+                actor = self._actor(name)
+                return await actor.token_rejected(token, header, request=self._request(actor, req))
             case wire.ScopeInsufficient(server=name, token=token, scopes=scopes, www_authenticate=header):
                 return await self._actor(name).scope_insufficient(token, scopes, header)
             case wire.Hello() | wire.Status() | wire.ListServers():
@@ -246,6 +261,17 @@ class Broker:
                 names = list(self.actors) if url is None else self.find(url)
                 return wire.ListResult(servers=[self._listing(name) for name in names])
         raise AssertionError(f"not answered from memory: {type(req).__name__}")  # pragma: no cover
+
+    @staticmethod
+    def _request(actor: Actor, req: wire.GetToken | wire.TokenRejected) -> ResourceRequest | None:
+        """The HTTP request ``req`` names its token for, checked to be at the server's origin.
+
+        Raises:
+            WireError: ``bad_request``: malformed, or a URL at another origin.
+        """
+        return resource_request(
+            actor.server.url or "", method=req.method, url=req.url, nonce=req.dpop_nonce, label=actor.label
+        )
 
     def _with_aliases(self, name: str, result: _WithAliases) -> _WithAliases:
         """``result`` with the other names of the grant the request acted on, so the answer can say so."""

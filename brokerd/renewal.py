@@ -7,7 +7,12 @@ I/O, no clock, no randomness (``jitter`` is a float in [0, 1) drawn by the calle
 
 *Renewal* is whatever gets a new access token without a person: a refresh (``grant_type=refresh_token``),
 or asking again with a grant that needs no person (client credentials, jwt-bearer). The machine does not
-care which.
+care which. A grant that needs no person at all (``unattended``: client credentials, a workload's token,
+an enterprise IdP's grant that is held) gets its *first* token the same way: with nothing held, a caller's
+request is a renewal from ``NO_GRANT`` (``Sent`` there leads to ``IN_FLIGHT``), and the answer is
+``Renewed``. If the authorization server refuses its credentials (``Ended``), the grant is ``refused``: it
+asks again only once they have changed (``Retry``: a reload, a new workload token, a person's ``login``),
+so a wrong secret or a rejected assertion is never sent twice.
 
 The phases of a grant (:class:`Phase`) and the events that move it (:data:`TRANSITIONS`)::
 
@@ -26,6 +31,10 @@ the phase (:data:`DECISIONS`)::
     DUE            renew       join        serve            (still valid; the backoff timer retries)
     EXPIRED        renew       join        renew on demand  (at most every ON_DEMAND_RETRY s, never
                                                              before the server's Retry-After)
+
+With nothing held (:func:`decide_unheld`), a grant that needs a person answers ``needs_login``; an
+unattended one renews from ``NO_GRANT``, joins the request in flight, and after a failure retries on
+demand exactly as for an expired token; a refused one answers ``needs_login`` until ``Retry``.
 
 The rules those tables follow:
 
@@ -64,6 +73,7 @@ __all__ = [
     "JOIN_WAIT",
     "ON_DEMAND_RETRY",
     "TRANSITIONS",
+    "UNATTENDED_ONLY",
     "Action",
     "Closed",
     "Decision",
@@ -76,16 +86,20 @@ __all__ = [
     "LoggedIn",
     "Phase",
     "Renewed",
+    "Retry",
     "Sent",
     "Settled",
     "State",
+    "Unattended",
     "backoff_delay",
     "decide",
+    "decide_unheld",
     "due",
     "effective_min_ttl",
     "fit",
     "is_usable",
     "refresh_at",
+    "renewable",
     "step",
     "wakeup",
 ]
@@ -171,8 +185,9 @@ class Phase(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class Held:
-    """What the machine needs to know of the token held: its times, and whether it can be renewed (a
-    refresh token, or a grant type that needs no person)."""
+    """What the machine needs to know of the token held: its times, and whether it can be renewed with
+    what it carries (a refresh token). A grant that needs no person (:attr:`State.unattended`) can be
+    renewed whatever it carries: see :func:`renewable`."""
 
     obtained_at: float
     expires_at: float | None
@@ -185,7 +200,9 @@ class State:
 
     ``planned_at`` is the proactive renewal point of the held token (its jitter drawn when it arrived);
     ``retry_at`` the backoff timer after ``failures`` failures in a row; ``not_before`` the last failure's
-    ``Retry-After`` as a time; ``last_attempt`` when the last renewal was sent.
+    ``Retry-After`` as a time; ``last_attempt`` when the last renewal was sent. ``unattended``: the grant
+    needs no person, so a first token is had by renewing from ``NO_GRANT``; ``refused``: the authorization
+    server refused such a grant's credentials, and they have not changed since.
     """
 
     phase: Phase = Phase.NO_GRANT
@@ -196,6 +213,8 @@ class State:
     retry_at: float | None = None
     not_before: float | None = None
     closed: bool = False
+    unattended: bool = False
+    refused: bool = False
 
 
 # ---- events ----------------------------------------------------------------------------------------
@@ -250,6 +269,21 @@ class Forgotten:
 
 
 @dataclass(frozen=True, slots=True)
+class Unattended:
+    """Whether the daemon can get this grant's tokens without a person (client credentials, a workload's
+    token, an enterprise IdP grant that is held), as the config and the IdP say now. Becoming able again
+    clears a refusal: the inputs changed."""
+
+    able: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """An unattended grant's credentials changed since the authorization server refused them (a reload, a
+    new workload token, a person's ``login``): it may ask again."""
+
+
+@dataclass(frozen=True, slots=True)
 class Closed:
     """Take no new exchanges: the daemon is stopping, or a reload retired this grant (``closed=False``
     reopens it, when a reload brings the server back)."""
@@ -257,14 +291,14 @@ class Closed:
     closed: bool = True
 
 
-Event = LoggedIn | Sent | Renewed | Failed | Ended | Settled | Forgotten | Closed
+Event = LoggedIn | Sent | Renewed | Failed | Ended | Settled | Forgotten | Closed | Unattended | Retry
 
 _ANY = (Phase.NO_GRANT, Phase.IDLE, Phase.IN_FLIGHT, Phase.BACKING_OFF)
 
 #: The phase each event leads to, by the phase it arrives in. An event missing here is a bug in the
 #: actor (for example a renewal sent while one is in flight) and :func:`step` raises for it.
 TRANSITIONS: dict[Phase, dict[type[Event], Phase]] = {
-    Phase.NO_GRANT: {LoggedIn: Phase.IDLE, Forgotten: Phase.NO_GRANT},
+    Phase.NO_GRANT: {LoggedIn: Phase.IDLE, Forgotten: Phase.NO_GRANT, Sent: Phase.IN_FLIGHT},
     Phase.IDLE: {LoggedIn: Phase.IDLE, Sent: Phase.IN_FLIGHT, Forgotten: Phase.NO_GRANT},
     Phase.IN_FLIGHT: {
         Renewed: Phase.IDLE,
@@ -281,6 +315,11 @@ TRANSITIONS: dict[Phase, dict[type[Event], Phase]] = {
 }
 for _phase in _ANY:
     TRANSITIONS[_phase][Closed] = _phase
+    TRANSITIONS[_phase][Unattended] = _phase
+    TRANSITIONS[_phase][Retry] = _phase
+
+#: Transitions only an unattended grant that is not refused may take: the first token, had by renewing.
+UNATTENDED_ONLY: frozenset[tuple[Phase, type[Event]]] = frozenset({(Phase.NO_GRANT, Sent)})
 
 
 def step(state: State, event: Event) -> State:
@@ -290,7 +329,9 @@ def step(state: State, event: Event) -> State:
         ValueError: ``event`` cannot happen in ``state.phase`` (a bug in whoever sent it).
     """
     phase = TRANSITIONS[state.phase].get(type(event))
-    if phase is None:
+    if phase is None or (
+        (state.phase, type(event)) in UNATTENDED_ONLY and (not state.unattended or state.refused)
+    ):
         raise ValueError(f"{type(event).__name__} cannot happen while {state.phase.value}")
     match event:
         case LoggedIn(held=held, jitter=jitter) | Renewed(held=held, jitter=jitter):
@@ -317,23 +358,40 @@ def step(state: State, event: Event) -> State:
             )
         case Settled():
             return replace(state, phase=phase if state.held is not None else Phase.NO_GRANT)
-        case Ended() | Forgotten():
-            return State(last_attempt=state.last_attempt, closed=state.closed)
+        case Ended():
+            return State(
+                last_attempt=state.last_attempt,
+                closed=state.closed,
+                unattended=state.unattended,
+                refused=state.unattended,
+            )
+        case Forgotten():
+            return State(last_attempt=state.last_attempt, closed=state.closed, unattended=state.unattended)
         case Closed(closed=closed):
             return replace(state, closed=closed)
+        case Unattended(able=able):
+            return replace(state, unattended=able, refused=state.refused and (state.unattended or not able))
+        case Retry():
+            return replace(state, refused=False)
     raise AssertionError(f"unhandled event {event!r}")  # pragma: no cover
 
 
 def _planned(held: Held, jitter: float) -> float | None:
-    if not held.renewable:
-        return None
+    # Planned whether or not it can be renewed now: a grant may become unattended later (an enterprise
+    # IdP login arrives); wakeup() and decide() ask renewable().
     return refresh_at(held.obtained_at, held.expires_at, jitter=jitter)
+
+
+def renewable(state: State) -> bool:
+    """Whether the held token can be renewed without a person: it has a refresh token, or the grant needs
+    no person at all (it asks again)."""
+    return state.held is not None and (state.held.renewable or state.unattended)
 
 
 def wakeup(state: State) -> float | None:
     """When the timer should renew without being asked: the planned point while idle, the backoff timer
     after a failure; None when nothing is due (no grant, nothing renewable, in flight, closed)."""
-    if state.closed or state.held is None or not state.held.renewable:
+    if state.closed or not renewable(state):
         return None
     if state.phase is Phase.IDLE:
         return state.planned_at
@@ -420,7 +478,7 @@ def decide(
     """
     held = state.held
     if state.phase is Phase.NO_GRANT or held is None:
-        return Decision(Action.NEEDS_LOGIN, why="not logged in")
+        return decide_unheld(state, now=now, asked_at=asked_at)
     how = fit(held, now=now, min_ttl=min_ttl, refused=refused)
     expired = how is Fit.EXPIRED
     if held.obtained_at >= asked_at and how is not Fit.FRESH:
@@ -436,18 +494,12 @@ def decide(
     budget = max(0.0, deadline - now)
 
     if action is None:  # expired, after a failure: the on-demand retry
-        next_try = max(
-            (state.last_attempt or 0.0) + ON_DEMAND_RETRY,
-            state.not_before if state.not_before is not None else 0.0,
-        )
-        if state.closed or now >= next_try:
-            action = Action.RENEW
-        elif next_try < asked_at + JOIN_WAIT:
-            return Decision(Action.PAUSE, wait=next_try - now)
-        else:
-            return Decision(Action.UNREACHABLE, why="the last refresh failed")
+        retry = _on_demand(state, now=now, asked_at=asked_at, why="the last refresh failed")
+        if retry is not None:
+            return retry
+        action = Action.RENEW
     if action is Action.RENEW:
-        if not held.renewable:
+        if not renewable(state):
             if expired:
                 return Decision(Action.NEEDS_LOGIN, why="the token has expired and there is no refresh token")
             return Decision(Action.SERVE)
@@ -464,3 +516,41 @@ def decide(
                 Action.UNREACHABLE, why="the authorization server is slow to answer; the refresh goes on"
             )
     return Decision(Action.SERVE)
+
+
+def _on_demand(state: State, *, now: float, asked_at: float, why: str) -> Decision | None:
+    """After a failure, with nothing fit to serve: None to renew now, else a pause or ``unreachable``."""
+    next_try = max(
+        (state.last_attempt or 0.0) + ON_DEMAND_RETRY,
+        state.not_before if state.not_before is not None else 0.0,
+    )
+    if state.closed or now >= next_try:
+        return None
+    if next_try < asked_at + JOIN_WAIT:
+        return Decision(Action.PAUSE, wait=next_try - now)
+    return Decision(Action.UNREACHABLE, why=why)
+
+
+def decide_unheld(state: State, *, now: float, asked_at: float) -> Decision:
+    """What to do for a caller when no token is held (see the module docstring): a login for a grant that
+    needs a person, or a refused one; for an unattended grant the first token, had like a renewal."""
+    budget = max(0.0, asked_at + JOIN_WAIT - now)
+    if state.phase is Phase.IN_FLIGHT:
+        if budget > 0:
+            return Decision(Action.JOIN, wait=budget)
+        return Decision(
+            Action.UNREACHABLE, why="the authorization server is slow to answer; the request goes on"
+        )
+    if not state.unattended:
+        return Decision(Action.NEEDS_LOGIN, why="not logged in")
+    if state.refused:
+        return Decision(Action.NEEDS_LOGIN, why="the authorization server refused this grant's credentials")
+    if state.closed:
+        return Decision(Action.STOPPING, why="there is no token yet and the daemon is stopping")
+    if state.phase is Phase.BACKING_OFF:
+        retry = _on_demand(state, now=now, asked_at=asked_at, why="the last request for a token failed")
+        if retry is not None:
+            return retry
+    elif state.last_attempt is not None and state.last_attempt >= asked_at:
+        return Decision(Action.NEEDS_LOGIN, why="no token could be had")  # tried once for this caller
+    return Decision(Action.RENEW, wait=budget)

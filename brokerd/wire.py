@@ -126,6 +126,9 @@ class TokenResult(_Answer, kw_only=True):
     expires_at: float | None = None
     #: Seconds left when the answer was made (never negative), or None.
     expires_in: float | None = None
+    #: For a DPoP-bound token (``token_type`` "DPoP") asked for with ``method`` and ``url``: a fresh proof
+    #: for that one request, to send as the ``DPoP`` header (RFC 9449 §7). None otherwise.
+    dpop: Secret | None = None
 
     @classmethod
     def at(cls, now: float, token: Secret, token_type: str, expires_at: float | None) -> TokenResult:
@@ -184,6 +187,10 @@ class GrantState(_Answer, kw_only=True, omit_defaults=True):
     unanswered_refresh: str | None = None
     #: The command that fixes the state, when a person can.
     hint: str | None = None
+    #: How the grant gets tokens: authorization_code, client_credentials, jwt_bearer (OAuth grants only).
+    grant_type: str | None = None
+    #: The access token is bound to the daemon's DPoP key (RFC 9449).
+    dpop_bound: bool = False
 
 
 class ServerStatus(GrantState, kw_only=True, omit_defaults=True):
@@ -227,6 +234,9 @@ class LoginStarted(_Answer, kw_only=True):
     opened_elsewhere: bool
     started_at: float
     aliases: list[str] = []
+    #: The grant needs no person (client credentials, a workload's token): the daemon is getting a token
+    #: itself, ``url`` is empty, and ``login_wait`` answers with the token or why there is none.
+    automatic: bool = False
 
 
 class Revocation(_Answer, kw_only=True):
@@ -326,10 +336,18 @@ class Hello(_Base, tag="hello"):
 
 
 class GetToken(_Base, tag="get_token"):
-    """A fresh access token with at least ``min_ttl`` seconds left (capped for short-lived tokens)."""
+    """A fresh access token with at least ``min_ttl`` seconds left (capped for short-lived tokens).
+
+    ``method`` and ``url`` name the one HTTP request the token is for: for a DPoP-bound token the answer
+    then carries a proof for it (``dpop``), with ``dpop_nonce`` if the resource server demanded one (the
+    daemon remembers it for the next proofs). ``url`` must be at the server's origin.
+    """
 
     server: str
     min_ttl: float | None = None
+    method: str | None = None
+    url: str | None = None
+    dpop_nonce: str | None = None
 
 
 class TokenRejected(_Base, tag="token_rejected"):
@@ -337,11 +355,15 @@ class TokenRejected(_Base, tag="token_rejected"):
 
     ``www_authenticate`` is the 401's header, if the client has it: when its protected resource metadata
     now names another authorization server, the grant ends and the answer is ``needs_login`` (D7).
+    ``method``, ``url`` and ``dpop_nonce`` as for :class:`GetToken`: the proof for the request to resend.
     """
 
     server: str
     token: Secret
     www_authenticate: str | None = None
+    method: str | None = None
+    url: str | None = None
+    dpop_nonce: str | None = None
 
 
 class ScopeInsufficient(_Base, tag="scope_insufficient"):

@@ -17,6 +17,7 @@ never its value. Values shorter than :data:`MIN_LENGTH` are ignored: they would 
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -32,6 +33,7 @@ __all__ = [
     "find_leaks",
     "json_secrets",
     "load_secrets",
+    "private_key_secrets",
     "record_secret",
     "report",
     "scan_session",
@@ -52,6 +54,8 @@ SECRET_FIELDS = {
     "access_token": "access_token",
     "refresh_token": "refresh_token",
     "registration_access_token": "registration_access_token",
+    "id_token": "id_token",
+    "dpop_key": "dpop_key",  # a grant's DPoP private key (PEM) in the store's document
 }
 
 # A run of characters that are not whitespace, quotes, brackets or separators. Secrets (base64url, JWTs, the
@@ -79,12 +83,36 @@ def record_secret(kind: str, value: object) -> None:
         out.write(json.dumps({"kind": kind, "value": value.strip()}) + "\n")
 
 
+def private_key_secrets(pem: str) -> Iterator[tuple[str, str]]:
+    """``(kind, value)`` for a private key's material: its PEM body (the base64 lines, which is what a
+    log line that printed it would hold) and its private JWK parameter ``d`` (base64url, as a JWK would
+    show it). Nothing for text that is not a PEM private key."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    try:
+        key = serialization.load_pem_private_key(pem.encode(), password=None)
+    except (ValueError, TypeError):
+        return
+    body = "".join(line for line in pem.strip().splitlines() if not line.startswith("-----"))
+    yield "private_key_pem", body
+    for line in pem.strip().splitlines():
+        if not line.startswith("-----"):
+            yield "private_key_pem", line
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        size = (key.curve.key_size + 7) // 8
+        d = key.private_numbers().private_value.to_bytes(size, "big")
+        yield "private_key_d", base64.urlsafe_b64encode(d).rstrip(b"=").decode()
+
+
 def json_secrets(doc: Any) -> Iterator[tuple[str, str]]:
     """``(kind, value)`` for every secret field (:data:`SECRET_FIELDS`) in a config or store document."""
     if isinstance(doc, dict):
         for key, value in doc.items():
             if isinstance(value, str) and key in SECRET_FIELDS:
                 yield SECRET_FIELDS[key], value
+                if key == "dpop_key":
+                    yield from private_key_secrets(value)
             else:
                 yield from json_secrets(value)
     elif isinstance(doc, list):

@@ -101,6 +101,12 @@ def cmd_login(args: argparse.Namespace) -> int:
     request = {"op": "login", "server": args.name, "mode": mode, "will_open": mode == "browser"}
     started = call(args, request, timeout=90)
     url = str(started["url"])
+    if started.get("automatic"):  # client credentials, a workload's token: no person, no browser
+        print(f"getting a token for {args.name} without a browser…")
+        result = call(args, {"op": "login_wait", "server": args.name}, timeout=LOGIN_WAIT)
+        expires = result.get("expires_at")
+        print(f"Authorized {args.name}" + (f" (token valid until {fmt_time(expires)})" if expires else ""))
+        return EXIT_OK
     if started.get("joined"):
         print(f"a login for {args.name} is already in progress; joining it")
     _say_shared(args.name, list(started.get("aliases", [])))

@@ -64,6 +64,10 @@ def _status_details(s: dict[str, Any]) -> list[tuple[str, str]]:
         )
         if s.get(key)
     ]
+    if s.get("grant_type") and s.get("grant_type") != "authorization_code":
+        details.append(("grant", str(s["grant_type"])))
+    if s.get("dpop_bound"):
+        details.append(("DPoP", "the token is bound to the daemon's key"))
     if s.get("aliases"):
         details.append(("same grant as", ", ".join(s["aliases"])))
     if s.get("last_error"):

@@ -14,6 +14,11 @@ What it guarantees (DESIGN rules 2-5, 10, 11):
 * **Transient is not definitive.** Only ``invalid_grant`` and friends end the grant; anything else keeps it
   and backs off (the machine decides when to try again).
 
+Grants that need no person (client credentials, a workload's token, an enterprise IdP's grant: E1, E2,
+E4) get their first token the way any grant is renewed, through the same machine and the same shielded
+path (``brokerd.grant._present`` says what each presents). A DPoP-bound grant (E3) signs every request
+with its own key, and answers a caller who names the request it is about to send with a proof for it.
+
 Login, step-up, logout, invalidation, NCP import and status live in the modules beside this one; they
 change the grant only through :class:`~brokerd.grant._grant.Grant`.
 """
@@ -27,17 +32,21 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, TypeVar
 
+import msgspec
 import trio
 
 from brokerd import oauth, renewal
 from brokerd.actors import Actor, LoginMode
 from brokerd.config import OAuthSettings, Server
-from brokerd.grant import _forget, _import, _status
+from brokerd.grant import _forget, _import, _renew, _status
 from brokerd.grant._context import OAuthContext
+from brokerd.grant._dpop import resource_proof
 from brokerd.grant._grant import Grant
 from brokerd.grant._login import Logins
+from brokerd.grant._present import Presenter
 from brokerd.oauth import canonical_url
 from brokerd.oauth_driver import drive, send
+from brokerd.resource_requests import ResourceRequest
 from brokerd.secret import Secret
 from brokerd.store import Store
 from brokerd.wire import (
@@ -51,6 +60,7 @@ from brokerd.wire import (
 )
 
 if TYPE_CHECKING:
+    from brokerd.grant._enterprise import IdpRegistry
     from brokerd.ncp_import import ImportItem
 
 __all__ = ["OAuthActor"]
@@ -79,14 +89,35 @@ class OAuthActor(Actor):
     kind = "oauth"
     keeps_a_grant = True
 
-    def __init__(self, server: Server, store: Store, ctx: OAuthContext, aliases: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        server: Server,
+        store: Store,
+        ctx: OAuthContext,
+        aliases: Sequence[str] = (),
+        *,
+        idps: IdpRegistry | None = None,
+        key: str | None = None,
+    ) -> None:
         assert server.url is not None
         assert server.oauth is not None
         super().__init__(server, aliases)
         self._ctx = ctx
-        self.grant = Grant(canonical_url(server.url), store, ctx, label=lambda: self.label, on_due=self._due)
+        self._idps = idps
+        key = key if key is not None else canonical_url(server.url)
+        self.grant = Grant(key, store, ctx, label=lambda: self.label, on_due=self._due)
         self.logins = Logins(self)
         self._renewal: _Renewal | None = None
+        self._rs_nonce: str | None = None  # the resource server's last DPoP nonce (RFC 9449 §9), in memory
+        self.presenter = self._presenter()
+        self.grant.apply(renewal.Unattended(self.presenter.able()))
+
+    def _presenter(self) -> Presenter:
+        enterprise = self.settings.enterprise
+        idp = None
+        if enterprise is not None and enterprise.id_token is None and self._idps is not None:
+            idp = self._idps.get(enterprise, self.server)
+        return Presenter(self, idp)
 
     # ---- settings ---------------------------------------------------------------------------------
 
@@ -106,17 +137,43 @@ class OAuthActor(Actor):
             allow_private_network=self.server.allow_private_network,
         )
 
+    @property
+    def login_hint(self) -> str:
+        return f"ncp-broker login {self.server.name}"
+
     def accepts(self, server: Server) -> bool:
         """Any OAuth entry for this same server keeps the grant; new settings apply from the next login."""
         return (
             server.kind == "oauth" and server.url is not None and canonical_url(server.url) == self.grant.key
         )
 
+    def reconfigure(self, server: Server, aliases: Sequence[str]) -> None:
+        """New settings: new credentials to present, so a refusal of the old ones no longer stands."""
+        changed = server.oauth != self.server.oauth
+        super().reconfigure(server, aliases)
+        if changed:
+            self.presenter = self._presenter()
+            self.grant.apply(renewal.Unattended(self.presenter.able()))
+            self.grant.apply(renewal.Retry())
+
+    async def sync_inputs(self) -> None:
+        """Tell the machine what it cannot see: whether the grant can be had without a person now (an
+        enterprise IdP grant may have come or gone), and whether credentials it refused have changed."""
+        presenter = self.presenter
+        if (idp := presenter.idp) is not None:
+            await idp.grant.load()
+        able = presenter.able()
+        if able != self.grant.state.unattended:
+            self.grant.apply(renewal.Unattended(able))
+        if self.grant.state.refused and await presenter.changed_since_refusal():
+            self.grant.apply(renewal.Retry())
+
     # ---- life -------------------------------------------------------------------------------------
 
     async def start(self) -> None:
         try:
             await self.grant.load()
+            await self.sync_inputs()  # an enterprise grant is renewable on schedule once its IdP's is loaded
         except WireError as exc:
             log.error("%s", exc.message)
 
@@ -141,8 +198,8 @@ class OAuthActor(Actor):
 
     # ---- errors -----------------------------------------------------------------------------------
 
-    def needs_login(self, why: str) -> WireError:
-        return WireError("needs_login", f"{self.label}: {why}", f"ncp-broker login {self.server.name}")
+    def needs_login(self, why: str, hint: str | None = None) -> WireError:
+        return WireError("needs_login", f"{self.label}: {why}", hint or self.login_hint)
 
     def _refused(self, decision: renewal.Decision) -> WireError:
         grant = self.grant
@@ -153,29 +210,56 @@ class OAuthActor(Actor):
                 if grant.tokens is None and grant.last_error_class in (
                     "grant_ended",
                     "authorization_server_moved",
+                    "credentials",
+                    "refused",
                 ):
-                    return self.needs_login(grant.last_error or decision.why)
+                    return self.needs_login(grant.last_error or decision.why, grant.last_hint)
+                if (idp := self.presenter.idp) is not None and not self.presenter.able():
+                    return self.needs_login(f"not logged in at {idp.label}")
                 return self.needs_login(decision.why)
             case renewal.Action.STOPPING:
                 return self.stopping_error("token refreshes")
         retry_at = grant.state.retry_at
         retry = f"; next try at {time.ctime(retry_at)}" if retry_at is not None else ""
         why = grant.last_error or decision.why
-        return WireError(
-            "as_unreachable",
-            f"{self.label}: the token has expired and cannot be refreshed now ({why}){retry}",
-            f"wait for the authorization server; see: ncp-broker status {self.server.name}",
-        )
+        what = "the token has expired and cannot be refreshed" if grant.tokens else "no token can be had"
+        hint = f"wait for the authorization server; see: ncp-broker status {self.server.name}"
+        if grant.last_error_class == "credentials" and grant.last_hint:
+            hint = grant.last_hint
+        return WireError("as_unreachable", f"{self.label}: {what} now ({why}){retry}", hint)
 
     # ---- tokens -----------------------------------------------------------------------------------
 
-    async def get_token(self, min_ttl: float) -> TokenResult:
-        """A token with ``min_ttl`` left (capped for short-lived tokens), renewing first if needed.
+    async def get_token(self, min_ttl: float, *, request: ResourceRequest | None = None) -> TokenResult:
+        """A token with ``min_ttl`` left (capped for short-lived tokens), renewing first if needed; with
+        ``request``, and a DPoP-bound token, a proof for that request too.
 
         Waits at most :data:`renewal.JOIN_WAIT` for a renewal (T5): then the still-valid token, or
         ``as_unreachable`` once it has expired.
         """
-        return await self.serve(min_ttl)
+        return self._with_proof(await self.serve(min_ttl), request)
+
+    def _with_proof(self, result: TokenResult, request: ResourceRequest | None) -> TokenResult:
+        """``result`` with a DPoP proof for ``request`` when its token is DPoP-bound (E3)."""
+        if request is None:
+            return result
+        if request.dpop_nonce is not None:
+            self._rs_nonce = request.dpop_nonce  # the resource server's latest, until it demands another
+        tokens = self.grant.tokens
+        if tokens is None or tokens.access_token != result.token:
+            return result
+        proof = resource_proof(
+            tokens,
+            self.grant.dpop_key,
+            method=request.method,
+            url=request.url,
+            now=self._ctx.clock(),
+            entropy=self._ctx.entropy,
+            nonce=self._rs_nonce,
+            label=self.label,
+            login_hint=self.login_hint,
+        )
+        return msgspec.structs.replace(result, dpop=proof)
 
     def token_now(self, min_ttl: float) -> TokenResult | None:
         """The token, when the machine says serve at once and nothing needs doing first (loaded, saved);
@@ -198,6 +282,7 @@ class OAuthActor(Actor):
         """
         grant = self.grant
         await grant.load()
+        await self.sync_inputs()
         if grant.unsaved and grant.tokens is not None:
             with trio.CancelScope(shield=True):
                 await grant.save()
@@ -226,23 +311,25 @@ class OAuthActor(Actor):
                 case _:
                     raise self._refused(decision)
 
-    async def token_rejected(self, token: Secret, www_authenticate: str | None = None) -> TokenResult:
+    async def token_rejected(
+        self, token: Secret, www_authenticate: str | None = None, *, request: ResourceRequest | None = None
+    ) -> TokenResult:
         """The resource answered 401 to ``token``: renew it if it is still the one held (compare and swap),
-        else answer the newer one. With the 401's header, first check that the server has not moved to
-        another authorization server (D7)."""
+        else answer the newer one (with a proof for ``request`` when it is DPoP-bound). With the 401's
+        header, first check that the server has not moved to another authorization server (D7)."""
         grant = self.grant
         await grant.load()
         tokens = grant.tokens
         if tokens is not None and tokens.access_token == token and www_authenticate is not None:
             await self._follow_authorization_server(tokens, www_authenticate)
-        return await self.serve(0, refused=token)
+        return self._with_proof(await self.serve(0, refused=token), request)
 
     async def _follow_authorization_server(self, tokens: oauth.TokenSet, www_authenticate: str) -> None:
         """D7: a refused token may mean the server moved to another authorization server. Rediscover; if the
         protected resource metadata now leads elsewhere, end this grant (no token or client of the old
         issuer is ever sent to the new one) and ask for a login there. A failed discovery changes nothing:
         the caller renews as usual."""
-        challenge = oauth.bearer_challenge(www_authenticate)
+        challenge = oauth.resource_challenge(www_authenticate)
         try:
             discovery = await self.drive(
                 oauth.discover(self.server.url or "", policy=self.policy, challenge=challenge)
@@ -267,8 +354,7 @@ class OAuthActor(Actor):
     # ---- renewal ----------------------------------------------------------------------------------
 
     def _start_renewal(self) -> None:
-        tokens = self.grant.tokens
-        assert tokens is not None
+        tokens = self.grant.tokens  # None: the first token of a grant that needs no person
         assert self._renewal is None
         self.grant.apply(renewal.Sent(self._ctx.clock()))
         self._renewal = _Renewal()
@@ -299,12 +385,12 @@ class OAuthActor(Actor):
         if self._renewal is None and renewal.due(self.grant.state, self._ctx.clock()):
             self._start_renewal()
 
-    async def _run_renewal(self, seen: oauth.TokenSet, current: _Renewal) -> None:
+    async def _run_renewal(self, seen: oauth.TokenSet | None, current: _Renewal) -> None:
         # DESIGN rule 10: from here to the persisted answer nothing cancels the exchange: not the caller,
         # not a stop, not a reload. The HTTP driver's own timeout bounds it.
         with trio.CancelScope(shield=True):
             try:
-                await self._renew(seen)
+                await _renew.renew(self, seen)
             except Exception:
                 log.exception("%s: the refresh crashed", self.label)
                 if self.grant.state.phase is renewal.Phase.IN_FLIGHT:
@@ -312,69 +398,6 @@ class OAuthActor(Actor):
             finally:
                 self._renewal = None
                 current.done.set()
-
-    async def _renew(self, seen: oauth.TokenSet) -> None:
-        grant = self.grant
-        registration = grant.registrations.get(seen.issuer)
-        if registration is None:
-            self._grant_ended(seen, "the client registration for this grant is gone", client_rejected=False)
-            await grant.save()
-            return
-        await grant.mark_sent(seen)
-        try:
-            new = await self.drive(oauth.refresh(seen, registration, policy=self.policy))
-        except oauth.GrantEndedError as exc:
-            grant.sent_ended(answered=True)
-            if grant.tokens is seen:
-                self._grant_ended(seen, exc.message, client_rejected=exc.client_rejected)
-            else:
-                grant.apply(renewal.Settled())
-            await grant.save()
-            return
-        except oauth.OAuthError as exc:
-            # Transient (network, 408, 429, 5xx) or a refusal that does not end the grant: keep it.
-            transient = isinstance(exc, oauth.TransientError)
-            answered = not isinstance(exc, oauth.TransientError) or exc.status is not None
-            grant.sent_ended(answered=answered)
-            if grant.tokens is not seen:
-                grant.apply(renewal.Settled())
-                return
-            retry_after = exc.retry_after if isinstance(exc, oauth.TransientError) else None
-            grant.apply(renewal.Failed(self._ctx.clock(), self._ctx.jitter(), retry_after))
-            if answered:
-                await grant.save()  # the answer came: the durable "sent" mark goes
-            grant.note_error("transient" if transient else "refused", f"{type(exc).__name__}: {exc.message}")
-            retry_at = grant.state.retry_at or 0.0
-            log.warning(
-                "%s: refresh failed (attempt %d), keeping the grant, retrying in %.0f s: %s",
-                self.label,
-                grant.state.failures,
-                max(0.0, retry_at - self._ctx.clock()),
-                exc.message,
-            )
-            return
-        grant.sent_ended(answered=True)
-        if grant.tokens is not seen:
-            # A login replaced the grant while this refresh was out: its answer belongs to a grant nobody
-            # holds any more.
-            log.info("%s: a refresh finished for a grant a login has replaced; dropping it", self.label)
-            grant.apply(renewal.Settled())
-            await grant.save()
-            return
-        await grant.save(new)  # on disk before any caller can take its access token (rule 3)
-        grant.take(new, renewed=True)
-        log.info("%s: refreshed; the new token expires at %s", self.label, new.expires_at)
-
-    def _grant_ended(self, seen: oauth.TokenSet, why: str, *, client_rejected: bool) -> None:
-        grant = self.grant
-        unanswered = grant.unanswered
-        if unanswered is not None:
-            why = f"{why}; {unanswered.explain()}"
-        if client_rejected:
-            grant.registrations.pop(seen.issuer, None)
-        grant.drop(renewal.Ended())
-        grant.note_error("grant_ended", f"the authorization server ended the grant ({why})")
-        log.warning("%s: the grant ended (%s); a login is needed", self.label, why)
 
     # ---- the HTTP side ----------------------------------------------------------------------------
 
@@ -395,6 +418,10 @@ class OAuthActor(Actor):
 
     async def discover(self) -> oauth.Discovery:
         """Discovery as a client meets the server: probe it without a token, follow the 401's challenge."""
+        return (await self.probe())[0]
+
+    async def probe(self) -> tuple[oauth.Discovery, tuple[oauth.Challenge, ...]]:
+        """:meth:`discover`, and the challenges of the server's 401 (a ``DPoP`` one says it checks proofs)."""
         url = self.server.url or ""
         probe = await send(
             self._ctx.http,
@@ -409,17 +436,49 @@ class OAuthActor(Actor):
             clock=self._ctx.clock,
         )
         challenge = None
+        challenges: tuple[oauth.Challenge, ...] = ()
         if isinstance(probe, oauth.HttpResponse):
-            challenge = oauth.bearer_challenge(probe.header_values("www-authenticate"))
-        return await self.drive(oauth.discover(url, policy=self.policy, challenge=challenge))
+            values = probe.header_values("www-authenticate")
+            challenge = oauth.resource_challenge(values)
+            challenges = tuple(oauth.parse_www_authenticate(values))
+        discovery = await self.drive(oauth.discover(url, policy=self.policy, challenge=challenge))
+        return discovery, challenges
 
     # ---- everything else, in the modules beside this one ------------------------------------------
 
     async def login(self, mode: LoginMode, *, open_browser: bool, will_open: bool) -> LoginStarted:
-        return await self.logins.start(mode, open_browser=open_browser, will_open=will_open)
+        """A person's login; for a grant that needs none, a fresh token now (credentials it refused may
+        have been fixed); for an enterprise grant, the login at the IdP."""
+        await self.grant.load()
+        if (idp := self.presenter.idp) is not None:
+            return await idp.login(mode, open_browser=open_browser, will_open=will_open)
+        if self.presenter.kind == "authorization_code":
+            return await self.logins.start(mode, open_browser=open_browser, will_open=will_open)
+        if self.closed:
+            raise self.stopping_error("token requests")
+        await self.sync_inputs()
+        self.grant.apply(renewal.Retry())
+        joined = self._renewal is not None
+        tokens = self.grant.tokens
+        clock = self._ctx.clock
+        now = clock()
+        refused = tokens is not None and tokens.access_token is not None
+        decision = renewal.decide(self.grant.state, now=now, min_ttl=0, asked_at=now, refused=refused)
+        if decision.action is renewal.Action.RENEW:
+            self._start_renewal()
+        return LoginStarted(
+            url="", user_code=None, joined=joined, opened_elsewhere=False, started_at=now, automatic=True
+        )
 
     async def login_wait(self) -> TokenResult:
-        return await self.logins.wait()
+        if (idp := self.presenter.idp) is not None:
+            await idp.login_wait()
+            await self.sync_inputs()
+            return await self.serve(0)
+        if self.presenter.kind == "authorization_code":
+            return await self.logins.wait()
+        await self.settle()
+        return await self.serve(0)
 
     async def login_complete(self, response: str) -> TokenResult:
         return await self.logins.complete(response)
@@ -427,6 +486,15 @@ class OAuthActor(Actor):
     async def scope_insufficient(
         self, token: Secret | None, scopes: list[str], www_authenticate: str | None
     ) -> TokenResult:
+        if self.presenter.kind != "authorization_code":
+            # No person to consent to more: the grant asks for the scopes its config names.
+            wanted = " ".join(scopes) or "more scope"
+            raise WireError(
+                "insufficient_scope",
+                f"{self.label}: the server wants {wanted}, and this grant ({self.settings.grant}) asks for "
+                "the scopes its config names; nobody is there to grant more",
+                f"add them to auth.oauth21.scopes of {self.server.name}, then: ncp-broker reload",
+            )
         return await self.logins.step_up(token, scopes, www_authenticate)
 
     async def logout(self) -> LogoutResult:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Literal
 import trio
 
 from brokerd import oauth, renewal
+from brokerd.grant._sources import CredentialError
 from brokerd.wire import InvalidateResult, LogoutResult, Revocation
 
 if TYPE_CHECKING:
@@ -38,8 +39,12 @@ async def logout(actor: OAuthActor) -> LogoutResult:
         if registration is None:
             break
         try:
-            outcomes = await actor.drive(oauth.revoke(tokens, registration, policy=actor.policy))
-        except oauth.OAuthError as exc:
+            # A DPoP-bound grant revokes with a proof of its key; a private_key_jwt client signs.
+            sender = await actor.presenter.sender(grant.dpop_key)
+            outcomes = await actor.drive(
+                oauth.revoke(tokens, registration, policy=actor.policy, sender=sender)
+            )
+        except (oauth.OAuthError, CredentialError) as exc:
             revoked.append(Revocation(token="all", outcome="refused", detail=exc.message))  # noqa: S106
         else:
             revoked += [

@@ -16,8 +16,9 @@ from dataclasses import dataclass
 
 import trio
 
-from brokerd import oauth, renewal
+from brokerd import keys, oauth, renewal
 from brokerd.grant._context import OAuthContext
+from brokerd.grant._dpop import load_stored_key
 from brokerd.store import RefreshSent, ServerRecord, Store, StoreError
 from brokerd.wire import WireError
 
@@ -78,6 +79,8 @@ class Grant:
         self._on_due = on_due
         self.loaded = False
         self.tokens: oauth.TokenSet | None = None
+        #: The key ``tokens`` are DPoP-bound to (E3); None for Bearer tokens. Changes only with them.
+        self.dpop_key: keys.PrivateKey | None = None
         self.registrations: dict[str, oauth.Registration] = {}
         self.state = renewal.State()
         self.unsaved = False
@@ -85,6 +88,7 @@ class Grant:
         self.last_refresh: float | None = None
         self.last_error: str | None = None
         self.last_error_class: str | None = None  # transient, refused, grant_ended, login_failed, …
+        self.last_hint: str | None = None  # what fixes last_error, when it is a config or credential problem
         self._sent: RefreshSent | None = None  # the durable "a refresh was sent" mark, as last saved
         self._loading = trio.Lock()
 
@@ -99,10 +103,14 @@ class Grant:
         self.state = renewal.step(self.state, event)
         self._ctx.scheduler.set(self.key, renewal.wakeup(self.state), self._on_due)
 
-    def take(self, tokens: oauth.TokenSet, *, renewed: bool = False) -> None:
-        """``tokens`` are the grant from now on (saved already, or held in memory when saving failed):
-        ``renewed`` by the renewal in flight, else from a login, an import or the store."""
+    def take(
+        self, tokens: oauth.TokenSet, *, dpop_key: keys.PrivateKey | None = None, renewed: bool = False
+    ) -> None:
+        """``tokens`` are the grant from now on (saved already, or held in memory when saving failed), with
+        ``dpop_key``, the key they are bound to (None for Bearer tokens): ``renewed`` by the renewal in
+        flight, else from a login, an import or the store."""
         self.tokens = tokens
+        self.dpop_key = dpop_key if tokens.dpop_jkt is not None else None
         self.last_refresh = self._ctx.clock()
         self.unanswered = None
         if not self.unsaved:
@@ -114,12 +122,14 @@ class Grant:
     def drop(self, event: renewal.Ended | renewal.Forgotten) -> None:
         """The tokens are gone (the grant ended, or was forgotten on purpose); registrations stay."""
         self.tokens = None
+        self.dpop_key = None
         self.unanswered = None
         self.apply(event)
 
-    def note_error(self, kind: str | None, text: str | None) -> None:
-        """What ``status`` shows as ``last_error`` and its class (None, None: the last attempt worked)."""
-        self.last_error_class, self.last_error = kind, text
+    def note_error(self, kind: str | None, text: str | None, hint: str | None = None) -> None:
+        """What ``status`` shows as ``last_error``, its class and what fixes it (None, None: the last
+        attempt worked)."""
+        self.last_error_class, self.last_error, self.last_hint = kind, text, hint
 
     # ---- the store ---------------------------------------------------------------------------------
 
@@ -145,7 +155,7 @@ class Grant:
         self.registrations = dict(record.registrations)
         if record.tokens is None:
             return
-        self.take(record.tokens)
+        self.take(record.tokens, dpop_key=load_stored_key(record.dpop_key, record.tokens, label=self.name))
         self.last_refresh = None
         sent = record.refresh_sent
         if sent is not None and sent.token_digest == token_digest(record.tokens):
@@ -153,21 +163,34 @@ class Grant:
             self.unanswered = Unanswered(sent.sent_at, by_previous_daemon=True)
             log.warning("%s: %s", self.name, self.unanswered.explain())
 
-    def record(self, tokens: oauth.TokenSet | None = None) -> ServerRecord:
-        """The grant as the store keeps it, with ``tokens`` in place of the held ones if given."""
-        tokens = tokens if tokens is not None else self.tokens
+    def record(
+        self, tokens: oauth.TokenSet | None = None, dpop_key: keys.PrivateKey | None = None
+    ) -> ServerRecord:
+        """The grant as the store keeps it, with ``tokens`` (and the ``dpop_key`` they are bound to) in place
+        of the held ones if given."""
+        if tokens is None:
+            tokens, dpop_key = self.tokens, self.dpop_key
+        if tokens is None or tokens.dpop_jkt is None:
+            dpop_key = None
         sent = self._sent
         if sent is not None and (tokens is None or sent.token_digest != token_digest(tokens)):
             sent = None  # a mark speaks of the refresh token it names, and of no other
         return ServerRecord(
-            server_url=self.key, tokens=tokens, registrations=dict(self.registrations), refresh_sent=sent
+            server_url=self.key,
+            tokens=tokens,
+            registrations=dict(self.registrations),
+            refresh_sent=sent,
+            dpop_key=dpop_key.to_secret() if dpop_key is not None else None,
         )
 
-    async def save(self, tokens: oauth.TokenSet | None = None) -> None:
-        """Write the whole grant, with ``tokens`` in place of the held ones if given. On failure, keep it
-        in memory, report ``degraded`` and retry on the next request (DESIGN rule 3). Never raises."""
+    async def save(
+        self, tokens: oauth.TokenSet | None = None, dpop_key: keys.PrivateKey | None = None
+    ) -> None:
+        """Write the whole grant, with ``tokens`` (and the ``dpop_key`` they are bound to) in place of the
+        held ones if given. On failure, keep it in memory, report ``degraded`` and retry on the next request
+        (DESIGN rule 3). Never raises."""
         try:
-            await self._store.save(self.record(tokens))
+            await self._store.save(self.record(tokens, dpop_key))
         except StoreError as exc:
             self.unsaved = True
             self.note_error("store_write", f"could not save credentials: {exc}")

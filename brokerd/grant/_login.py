@@ -20,9 +20,10 @@ from urllib.parse import urlsplit
 
 import trio
 
-from brokerd import oauth
+from brokerd import keys, oauth
 from brokerd.browser import open_browser as open_browser_
 from brokerd.callback import LOGIN_TIMEOUT, CallbackListener
+from brokerd.grant._sources import CredentialError
 from brokerd.secret import Secret
 from brokerd.wire import LoginStarted, TokenResult, WireError
 
@@ -224,15 +225,15 @@ class Logins:
             with login.cancel_scope:
                 port = actor.settings.callback_port or 0
                 async with actor.ctx.hub.listener(port=port) as listener:
-                    tokens = await self._authorize(login, listener)
+                    tokens, dpop_key = await self._authorize(login, listener)
                     # The code was spent: keep what it bought, whatever happens to this task now.
                     with trio.CancelScope(shield=True):
-                        await grant.save(tokens)
-                        grant.take(tokens)
+                        await grant.save(tokens, dpop_key)
+                        grant.take(tokens, dpop_key=dpop_key)
                     logged_in = True
                     self.last_error = None
                     log.info("%s: logged in", actor.label)
-        except oauth.OAuthError as exc:
+        except (oauth.OAuthError, CredentialError) as exc:
             login.error = self.last_error = WireError(
                 "needs_login",
                 f"{actor.label}: login failed: {exc.message}",
@@ -250,11 +251,16 @@ class Logins:
             login.url_known.set()
             login.done.set()
 
-    async def _authorize(self, login: _Login, listener: CallbackListener) -> oauth.TokenSet:
+    async def _authorize(
+        self, login: _Login, listener: CallbackListener
+    ) -> tuple[oauth.TokenSet, keys.PrivateKey | None]:
+        """The login's tokens, and the DPoP key they are bound to (a new one per login, E3) if any."""
         actor = self._actor
         grant = actor.grant
         settings = actor.settings
-        discovery = await actor.discover()
+        discovery, challenges = await actor.probe()
+        # Before registering: no client at a server whose DPoP offer this config refuses.
+        dpop_key = keys.new_dpop_key() if oauth.wants_dpop(settings.dpop, discovery, challenges) else None
         scopes = login.scopes or oauth.select_scopes(discovery, settings.scopes)
         key = frozenset(scopes or ())
         self._authorizations[key] = self._authorizations.get(key, 0) + 1
@@ -271,6 +277,8 @@ class Logins:
                     client_id=settings.client_id,
                     client_secret=settings.client_secret,
                     client_metadata_url=settings.client_metadata_url,
+                    auth_method=settings.token_endpoint_auth_method,
+                    private_key=settings.private_key is not None,
                     # No `scope`: it would cap what the client may ever ask for, and a step-up beyond it
                     # would need a new client id, which ends the MCP session on servers that bind
                     # sessions to the client.
@@ -279,6 +287,7 @@ class Logins:
             grant.registrations[discovery.issuer] = registration
             with trio.CancelScope(shield=True):
                 await grant.save()
+        sender = await actor.presenter.sender(dpop_key)
 
         if login.mode == "device":
             if discovery.device_authorization_endpoint is None:
@@ -292,10 +301,11 @@ class Logins:
                 login.user_code = effect.user_code
                 login.url_known.set()
 
-            return await actor.drive(
-                oauth.device_flow(discovery, registration, policy=actor.policy, scopes=scopes),
+            tokens = await actor.drive(
+                oauth.device_flow(discovery, registration, policy=actor.policy, scopes=scopes, sender=sender),
                 on_device_code=on_device_code,
             )
+            return tokens, dpop_key
 
         async def on_redirect(effect: oauth.AwaitRedirect) -> Mapping[str, str]:
             send_pasted, receive_pasted = trio.open_memory_channel[str](1)
@@ -329,7 +339,7 @@ class Logins:
                 raise outcomes[0]
             return outcomes[0]
 
-        return await actor.drive(
+        tokens = await actor.drive(
             oauth.authorization_code_flow(
                 discovery,
                 registration,
@@ -337,6 +347,8 @@ class Logins:
                 redirect_uri=listener.redirect_uri,
                 scopes=scopes,
                 entropy=actor.ctx.entropy,
+                sender=sender,
             ),
             on_redirect=on_redirect,
         )
+        return tokens, dpop_key

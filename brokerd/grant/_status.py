@@ -26,9 +26,16 @@ def status(actor: OAuthActor) -> GrantState:
         word, detail = "login_pending", f"login pending since {time.ctime(login.started_at)}"
     elif state.phase is renewal.Phase.IN_FLIGHT:
         word, detail = "refreshing", "refreshing now"
+    elif tokens is None and actor.presenter.able() and not state.refused and grant.loaded:
+        # (able(), not the machine's flag: an enterprise IdP login may have come since the last request)
+        word, detail = "ready", "no token yet: the daemon gets one on first use, without a browser"
     elif tokens is None:
         word, detail = "needs_login", "not logged in" if grant.loaded else "not loaded yet"
-        hint = f"ncp-broker login {actor.server.name}"
+        if state.refused and grant.last_error:
+            detail = f"{grant.last_error}; not sent again until it changes"
+        elif (idp := actor.presenter.idp) is not None and grant.loaded:
+            detail = f"not logged in at {idp.label}"
+        hint = grant.last_hint if state.refused and grant.last_hint else actor.login_hint
     elif grant.unsaved:
         word, detail = "degraded", "credentials are held in memory only; saving is retried"
     elif tokens.expires_at is not None and tokens.expires_at <= now:
@@ -57,4 +64,6 @@ def status(actor: OAuthActor) -> GrantState:
         login_url=login.url if login is not None else None,
         unanswered_refresh=grant.unanswered.explain() if grant.unanswered and tokens else None,
         hint=hint,
+        grant_type=actor.settings.grant,
+        dpop_bound=tokens is not None and tokens.dpop_jkt is not None,
     )

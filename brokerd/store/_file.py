@@ -69,6 +69,7 @@ class _Document(msgspec.Struct, kw_only=True):
     tokens: dict[str, Any] | None = None
     registrations: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)
     refresh_sent: RefreshSent | None = None
+    dpop_key: Secret | None = None
 
     def record(self, secrets: Mapping[str, Secret] | None = None) -> ServerRecord:
         """The record, with ``secrets`` (by keyring entry name) put back in their places. A token set
@@ -97,6 +98,7 @@ class _Document(msgspec.Struct, kw_only=True):
             tokens=tokens,
             registrations=registrations,
             refresh_sent=self.refresh_sent,
+            dpop_key=found.get("dpop_key", self.dpop_key),
         )
 
     @classmethod
@@ -124,9 +126,11 @@ class _Document(msgspec.Struct, kw_only=True):
             )
             for issuer, reg in record.registrations.items()
         }
-        access_key = record.access_key
+        access_key, dpop_key = record.access_key, record.dpop_key
         if not keep_secrets and access_key is not None:
             moved["access_key"], access_key = access_key, None
+        if not keep_secrets and dpop_key is not None:
+            moved["dpop_key"], dpop_key = dpop_key, None
         doc = cls(
             server_url=canonical_url(record.server_url),
             keyring_entries=sorted(moved),
@@ -134,6 +138,7 @@ class _Document(msgspec.Struct, kw_only=True):
             tokens=tokens,
             registrations=registrations,
             refresh_sent=record.refresh_sent,
+            dpop_key=dpop_key,
         )
         return doc, moved
 

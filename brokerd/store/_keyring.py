@@ -7,6 +7,7 @@ Layout: every secret is one keyring entry under the service ``ncp-broker``, with
     access_token
     refresh_token
     id_token
+    dpop_key
     registration:<issuer digest>:client_secret
     registration:<issuer digest>:registration_access_token
 
@@ -51,7 +52,7 @@ from brokerd.store.records import ServerRecord
 __all__ = ["KEYRING_SERVICE", "KeyringStore", "backend_name"]
 
 KEYRING_SERVICE = "ncp-broker"
-_FIXED_ENTRIES = ("access_key", "access_token", "refresh_token", "id_token")
+_FIXED_ENTRIES = ("access_key", "access_token", "refresh_token", "id_token", "dpop_key")
 _T = TypeVar("_T")
 
 

@@ -45,3 +45,6 @@ class ServerRecord(msgspec.Struct, kw_only=True):
     #: Keyed by the authorization server's issuer identifier, exactly as it appears in its metadata.
     registrations: dict[str, Registration] = msgspec.field(default_factory=dict)
     refresh_sent: RefreshSent | None = None
+    #: The grant's DPoP private key (E3) as PKCS #8 PEM: kept like a refresh token, and only while the
+    #: tokens are bound to it (their ``dpop_jkt`` is its thumbprint).
+    dpop_key: Secret | None = None

@@ -1,7 +1,14 @@
-"""``BrokerAuth``: an HTTP client auth that takes its Bearer token from ncp-broker.
+"""``BrokerAuth``: an HTTP client auth that takes its token (and, for DPoP, its proof) from ncp-broker.
 
 It does non-HTTP I/O (the daemon's socket), so, as httpx's docs advise, it overrides both
-``sync_auth_flow`` and ``async_auth_flow`` instead of ``auth_flow``. Each request is sent at most twice:
+``sync_auth_flow`` and ``async_auth_flow`` instead of ``auth_flow``. Every request asks the daemon with its
+method and URL: for a Bearer token the answer is the token, for a DPoP-bound one (RFC 9449) the token and a
+fresh proof for that one request, sent as ``Authorization: DPoP <token>`` and ``DPoP: <proof>`` — the key
+that signs proofs never leaves the daemon. A request is sent at most twice, plus once more on a DPoP nonce:
+
+* **401 with a DPoP nonce challenge** (``WWW-Authenticate: DPoP error="use_dpop_nonce"`` and a
+  ``DPoP-Nonce`` header): it asks the daemon again with that nonce (the daemon remembers it for later
+  proofs) and resends once with the new proof.
 
 * **401**: it tells the daemon which token was refused, with the 401's ``WWW-Authenticate`` (the daemon
   refreshes, or notices that the server moved to another authorization server), and resends once with
@@ -28,17 +35,8 @@ from typing import Any, Protocol
 
 import httpx
 
-from ncp_client import (
-    aget_token,
-    alogin,
-    ascope_insufficient,
-    atoken_rejected,
-    get_token,
-    login,
-    scope_insufficient,
-    token_rejected,
-)
-from ncp_client._errors import InsufficientScope, NeedsLogin
+from ncp_client import acall, alogin, ascope_insufficient, call, login, scope_insufficient
+from ncp_client._errors import InsufficientScope, NeedsLogin, ProtocolError
 from ncp_client._protocol import DEFAULT_TIMEOUT, LOGIN_TIMEOUT
 
 __all__ = ["BrokerAuth", "broker_auth_for_httpx2"]
@@ -48,11 +46,31 @@ log = logging.getLogger("ncp_client")
 
 class _Request(Protocol):
     headers: Any
+    method: str
+    url: Any
 
 
 class _Response(Protocol):
     status_code: int
     headers: Any
+
+
+class _Answer:
+    """A token answer: the token, its type (``Bearer`` or ``DPoP``) and the proof for the request."""
+
+    __slots__ = ("dpop", "token", "token_type")
+
+    def __init__(self, result: Any) -> None:
+        if not isinstance(result, dict) or not isinstance(result.get("token"), str):
+            raise ProtocolError("protocol_error", "the daemon's answer has no token")
+        self.token: str = result["token"]
+        self.token_type = str(result.get("token_type") or "Bearer")
+        proof = result.get("dpop")
+        self.dpop: str | None = proof if isinstance(proof, str) else None
+
+    @property
+    def bound(self) -> bool:
+        return self.token_type.lower() == "dpop"
 
 
 def _challenge(response: _Response) -> str | None:
@@ -64,6 +82,23 @@ def _challenge(response: _Response) -> str | None:
 def _is_step_up(response: _Response, challenge: str | None) -> bool:
     # The daemon parses the challenge properly; this only keeps other 403s off the socket.
     return response.status_code == 403 and challenge is not None and "insufficient_scope" in challenge
+
+
+def _nonce_demanded(response: _Response, challenge: str | None) -> str | None:
+    """The resource server's new DPoP nonce when its 401 demands one (RFC 9449 §9), else None."""
+    nonce = response.headers.get("dpop-nonce")
+    if response.status_code != 401 or not nonce or challenge is None:
+        return None
+    if "use_dpop_nonce" not in challenge or "dpop" not in challenge.lower():
+        return None
+    return str(nonce).strip() or None
+
+
+def _request_fields(request: _Request, nonce: str | None = None) -> dict[str, Any]:
+    fields: dict[str, Any] = {"method": str(request.method), "url": str(request.url)}
+    if nonce is not None:
+        fields["dpop_nonce"] = nonce
+    return fields
 
 
 class _Flows:
@@ -90,45 +125,73 @@ class _Flows:
         return f"{type(self).__name__}({self.server!r})"
 
     @staticmethod
-    def _set(request: _Request, token: str) -> None:
-        request.headers["Authorization"] = f"Bearer {token}"
+    def _set(request: _Request, answer: _Answer) -> None:
+        if answer.bound:
+            if answer.dpop is None:
+                raise ProtocolError("protocol_error", "the daemon answered a DPoP token without a proof")
+            request.headers["Authorization"] = f"DPoP {answer.token}"
+            request.headers["DPoP"] = answer.dpop
+        else:
+            request.headers["Authorization"] = f"Bearer {answer.token}"
+            request.headers.pop("DPoP", None)
 
     def _step_up_failed(self, exc: InsufficientScope) -> None:
         log.warning("%s: %s", self.server, exc.message)
 
+    def _get_request(self, request: _Request, nonce: str | None = None) -> dict[str, Any]:
+        message: dict[str, Any] = {
+            "op": "get_token",
+            "server": self.server,
+            **_request_fields(request, nonce),
+        }
+        if self._min_ttl is not None:
+            message["min_ttl"] = self._min_ttl
+        return message
+
+    def _rejected_request(self, request: _Request, token: str, response: _Response) -> dict[str, Any]:
+        message: dict[str, Any] = {"op": "token_rejected", "server": self.server, "token": token}
+        challenge = _challenge(response)
+        if challenge is not None:
+            message["www_authenticate"] = challenge
+        nonce = response.headers.get("dpop-nonce")
+        return {**message, **_request_fields(request, str(nonce).strip() if nonce else None)}
+
     # ---- sync ----------------------------------------------------------------------------------------
 
-    def _login_sync(self, exc: NeedsLogin) -> str:
-        if not self._login:
-            raise exc
-        return login(self.server, timeout=self._login_timeout, socket_path=self._socket_path)
+    def _ask(self, message: dict[str, Any]) -> _Answer:
+        return _Answer(call(message, timeout=self._timeout, socket_path=self._socket_path))
+
+    def _token_sync(self, request: _Request) -> _Answer:
+        try:
+            return self._ask(self._get_request(request))
+        except NeedsLogin:
+            if not self._login:
+                raise
+        login(self.server, timeout=self._login_timeout, socket_path=self._socket_path)
+        return self._ask(self._get_request(request))
 
     def _sync(self, request: Any) -> Generator[Any, Any, None]:
-        try:
-            token = get_token(
-                self.server, min_ttl=self._min_ttl, timeout=self._timeout, socket_path=self._socket_path
-            )
-        except NeedsLogin as exc:
-            token = self._login_sync(exc)
-        self._set(request, token)
+        answer = self._token_sync(request)
+        self._set(request, answer)
         response: _Response = yield request
+        if answer.bound and (nonce := _nonce_demanded(response, _challenge(response))) is not None:
+            answer = self._ask(self._get_request(request, nonce))
+            self._set(request, answer)
+            response = yield request
         challenge = _challenge(response)
         if response.status_code == 401:
             try:
-                newer = token_rejected(
-                    self.server,
-                    token,
-                    www_authenticate=challenge,
-                    timeout=self._timeout,
-                    socket_path=self._socket_path,
-                )
-            except NeedsLogin as exc:
-                newer = self._login_sync(exc)
+                newer = self._ask(self._rejected_request(request, answer.token, response))
+            except NeedsLogin:
+                if not self._login:
+                    raise
+                login(self.server, timeout=self._login_timeout, socket_path=self._socket_path)
+                newer = self._ask(self._get_request(request))
         elif self._login and _is_step_up(response, challenge):
             try:
-                newer = scope_insufficient(
+                scope_insufficient(
                     self.server,
-                    token,
+                    answer.token,
                     www_authenticate=challenge,
                     timeout=self._login_timeout,
                     socket_path=self._socket_path,
@@ -136,45 +199,49 @@ class _Flows:
             except InsufficientScope as exc:
                 self._step_up_failed(exc)
                 return
+            newer = self._ask(self._get_request(request))  # the stepped-up token, with its proof
         else:
             return
-        if newer != token:
+        if newer.token != answer.token:
             self._set(request, newer)
             yield request
 
     # ---- async (the same flow) -----------------------------------------------------------------------
 
-    async def _login_async(self, exc: NeedsLogin) -> str:
-        if not self._login:
-            raise exc
-        return await alogin(self.server, timeout=self._login_timeout, socket_path=self._socket_path)
+    async def _aask(self, message: dict[str, Any]) -> _Answer:
+        return _Answer(await acall(message, timeout=self._timeout, socket_path=self._socket_path))
+
+    async def _token_async(self, request: _Request) -> _Answer:
+        try:
+            return await self._aask(self._get_request(request))
+        except NeedsLogin:
+            if not self._login:
+                raise
+        await alogin(self.server, timeout=self._login_timeout, socket_path=self._socket_path)
+        return await self._aask(self._get_request(request))
 
     async def _async(self, request: Any) -> AsyncGenerator[Any, Any]:
-        try:
-            token = await aget_token(
-                self.server, min_ttl=self._min_ttl, timeout=self._timeout, socket_path=self._socket_path
-            )
-        except NeedsLogin as exc:
-            token = await self._login_async(exc)
-        self._set(request, token)
+        answer = await self._token_async(request)
+        self._set(request, answer)
         response: _Response = yield request
+        if answer.bound and (nonce := _nonce_demanded(response, _challenge(response))) is not None:
+            answer = await self._aask(self._get_request(request, nonce))
+            self._set(request, answer)
+            response = yield request
         challenge = _challenge(response)
         if response.status_code == 401:
             try:
-                newer = await atoken_rejected(
-                    self.server,
-                    token,
-                    www_authenticate=challenge,
-                    timeout=self._timeout,
-                    socket_path=self._socket_path,
-                )
-            except NeedsLogin as exc:
-                newer = await self._login_async(exc)
+                newer = await self._aask(self._rejected_request(request, answer.token, response))
+            except NeedsLogin:
+                if not self._login:
+                    raise
+                await alogin(self.server, timeout=self._login_timeout, socket_path=self._socket_path)
+                newer = await self._aask(self._get_request(request))
         elif self._login and _is_step_up(response, challenge):
             try:
-                newer = await ascope_insufficient(
+                await ascope_insufficient(
                     self.server,
-                    token,
+                    answer.token,
                     www_authenticate=challenge,
                     timeout=self._login_timeout,
                     socket_path=self._socket_path,
@@ -182,9 +249,10 @@ class _Flows:
             except InsufficientScope as exc:
                 self._step_up_failed(exc)
                 return
+            newer = await self._aask(self._get_request(request))  # the stepped-up token, with its proof
         else:
             return
-        if newer != token:
+        if newer.token != answer.token:
             self._set(request, newer)
             yield request
 

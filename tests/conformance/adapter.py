@@ -6,10 +6,14 @@ The suite runs ``adapter.py SERVER_URL`` with ``MCP_CONFORMANCE_SCENARIO``,
 
 1. makes a private temporary directory and writes a broker config (mode 0600) with one OAuth server,
    ``conf``, at that URL: the pre-registered client from the context, if any, and the suite's client
-   metadata document URL (the suite has no context key for it; its reference clients use this constant);
+   metadata document URL (the suite has no context key for it; its reference clients use this constant).
+   The extension scenarios' contexts become the grant they test (:func:`broker_config`): client
+   credentials with the secret or with the private key (written to a 0600 file), a workload token file,
+   an enterprise IdP with its ID token in a 0600 file;
 2. starts ``ncp-broker start --foreground`` with every ncp-broker path inside that directory, and waits
    for its socket to answer;
-3. runs ``ncp-broker login conf`` with ``BROWSER`` set to ``fetch_browser.py``;
+3. runs ``ncp-broker login conf`` with ``BROWSER`` set to ``fetch_browser.py`` (for a grant that needs no
+   person, the login is the daemon getting its first token itself);
 4. speaks MCP through the SDK with ``ncp_client.broker_auth_for_httpx2`` (``BrokerAuth`` for the httpx2
    client of mcp 2.x; the daemon opens ``BROWSER`` itself for a step-up or a new login): connect
    (``initialize``, or the 2026-07-28 stateless lifecycle), ``tools/list``, and ``tools/call`` of
@@ -57,12 +61,44 @@ class StepFailed(Exception):
     """A step of the run failed; the message says which and why."""
 
 
-def broker_config(url: str, context: dict[str, Any]) -> dict[str, Any]:
-    oauth21: dict[str, Any] = {"clientMetadataUrl": CLIENT_METADATA_URL}
-    if context.get("client_id"):
-        oauth21["clientId"] = str(context["client_id"])
-    if context.get("client_secret"):
-        oauth21["clientSecret"] = str(context["client_secret"])
+def broker_config(url: str, context: dict[str, Any], scenario: str, root: Path) -> dict[str, Any]:
+    """The broker config for one scenario: ``oauth21`` from its context, as a user would write it.
+
+    Files the config names (a private key, a workload token, an ID token) are written into ``root``, mode
+    0600: a secret is never an argument or an environment variable of a process the adapter starts.
+    """
+    oauth21: dict[str, Any] = {}
+    client_id = str(context["client_id"]) if context.get("client_id") else None
+    if scenario.startswith("auth/client-credentials"):
+        oauth21 = {"grant": "client_credentials", "clientId": client_id}
+        if context.get("private_key_pem"):
+            key = root / "client-key.pem"
+            _write_private(key, str(context["private_key_pem"]))
+            oauth21["privateKey"] = {"file": str(key)}
+        else:
+            oauth21["clientSecret"] = str(context["client_secret"])
+    elif context.get("valid_jwt"):  # auth/wif-jwt-bearer: the workload's own token, in a file
+        token = root / "workload-token.jwt"
+        _write_private(token, str(context["valid_jwt"]))
+        oauth21 = {"clientId": client_id, "workloadToken": {"file": str(token)}}
+    elif context.get("idp_id_token"):  # auth/enterprise-managed-authorization: the IdP's ID token is given
+        id_token = root / "idp-id-token.jwt"
+        _write_private(id_token, str(context["idp_id_token"]))
+        oauth21 = {
+            "clientId": client_id,
+            "clientSecret": str(context["client_secret"]),
+            "enterprise": {
+                "issuer": str(context["idp_issuer"]),
+                "clientId": str(context["idp_client_id"]),
+                "idToken": {"file": str(id_token)},
+            },
+        }
+    else:
+        oauth21 = {"clientMetadataUrl": CLIENT_METADATA_URL}
+        if client_id:
+            oauth21["clientId"] = client_id
+        if context.get("client_secret"):
+            oauth21["clientSecret"] = str(context["client_secret"])
     auth = {"type": "oauth", "oauth21": oauth21, "allowInsecureLoopback": True}
     return {"mcpServers": {SERVER: {"url": url, "auth": auth}}, "store": "file"}
 
@@ -90,7 +126,7 @@ def _tail(path: Path) -> str:
 class Run:
     """One scenario: the directory, the daemon, the login, the MCP session."""
 
-    def __init__(self, url: str, version: str, context: dict[str, Any], root: Path) -> None:
+    def __init__(self, url: str, version: str, context: dict[str, Any], root: Path, scenario: str) -> None:
         self.url, self.version, self.root = url, version, root
         self.socket = root / "broker.sock"
         self.daemon_log = root / "daemon.log"
@@ -98,7 +134,7 @@ class Run:
         self.daemon: subprocess.Popen[bytes] | None = None
         self.refusals: list[str] = []  # for the failure message: what the MCP server refused, and why
         config = root / "config.json"
-        _write_private(config, json.dumps(broker_config(url, context)))
+        _write_private(config, json.dumps(broker_config(url, context, scenario, root)))
         browser = root / "browser"
         _write_private(
             browser,
@@ -206,7 +242,7 @@ def main(argv: list[str]) -> int:
     version = os.environ.get("MCP_CONFORMANCE_PROTOCOL_VERSION", "2025-11-25")
     context = json.loads(os.environ.get("MCP_CONFORMANCE_CONTEXT") or "{}")
     root = Path(tempfile.mkdtemp(prefix="ncpc-", dir="/tmp" if os.path.isdir("/tmp") else None))
-    run = Run(url, version, context, root)
+    run = Run(url, version, context, root, scenario)
     step = "start the daemon"
     try:
         run.start_daemon()

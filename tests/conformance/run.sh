@@ -2,12 +2,17 @@
 # Run the official MCP conformance suite's client authorization scenarios against ncp-broker.
 #
 #   tests/conformance/run.sh [SPEC_VERSION...]      (default: 2025-03-26 2025-11-25 2026-07-28)
+#   tests/conformance/run.sh --suite extensions     the six authorization extension scenarios (below)
 #
 # For each spec version it runs `conformance client --suite auth` (`--suite backcompat` for 2025-03-26,
 # whose two legacy scenarios are not in the auth suite), then every other `auth/*` scenario
 # that `conformance list --client --spec-version V` names for that version (the 2026-07-28 ones: resource
-# mismatch, offline_access, AS migration, iss, metadata issuer), all at once as the suite does. Extensions
-# (client credentials, enterprise, DPoP, workload identity) are not run.
+# mismatch, offline_access, AS migration, iss, metadata issuer), all at once as the suite does.
+#
+# --suite extensions runs the six client authorization extension scenarios (client credentials with a
+# secret and with a key, enterprise-managed authorization, DPoP, DPoP with nonces, workload identity), each
+# with `--scenario`, all at once, into results/extensions/. (`conformance client --suite extensions` would
+# also run the sep-2640 scenarios, which are not about authorization.)
 #
 # The suite's own exit status is 1 on warnings too, so it is not used: report.py reads every scenario's
 # checks.json and this script exits 1 exactly when a check has status FAILURE or an expected scenario left
@@ -22,6 +27,14 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 py="$(command -v "${PYTHON:-python3}")"
 timeout_ms="${NCP_CONFORMANCE_TIMEOUT_MS:-120000}"
 out="$here/results"
+extensions=(auth/client-credentials-jwt auth/client-credentials-basic auth/enterprise-managed-authorization
+            auth/dpop auth/dpop-nonce auth/wif-jwt-bearer)
+suite=auth
+if [[ "${1:-}" == "--suite" ]]; then
+  [[ "${2:-}" == extensions && $# -eq 2 ]] || { echo "run.sh: usage: run.sh --suite extensions" >&2; exit 2; }
+  suite=extensions
+  set --
+fi
 if [[ $# -gt 0 ]]; then versions=("$@"); else versions=(2025-03-26 2025-11-25 2026-07-28); fi
 case "$here" in *" "*) echo "run.sh: the suite splits --command on spaces; move the checkout to a path without spaces" >&2; exit 2 ;; esac
 
@@ -43,6 +56,25 @@ conformance=("$node" "$here/node_modules/.bin/conformance")
 
 command="$py $here/adapter.py"
 started=$SECONDS
+if [[ "$suite" == extensions ]]; then
+  dir="$out/extensions"
+  rm -rf "$dir"
+  mkdir -p "$dir"
+  "${conformance[@]}" list --client > "$dir/list.txt" || exit 2
+  for scenario in "${extensions[@]}"; do
+    grep -q "^  - $scenario \[extension\]" "$dir/list.txt" \
+      || { echo "run.sh: the suite lists no extension scenario $scenario" >&2; exit 2; }
+    echo "$scenario" >> "$dir/expected.txt"
+  done
+  echo "run.sh: extensions: --scenario, in parallel: ${extensions[*]}"
+  for scenario in "${extensions[@]}"; do
+    "${conformance[@]}" client --command "$command" --scenario "$scenario" \
+      --timeout "$timeout_ms" -o "$dir" > "$dir/${scenario//\//_}.log" 2>&1 &
+  done
+  wait || true
+  echo "run.sh: ran in $((SECONDS - started)) s"
+  exec "$py" "$here/report.py" "$out" extensions
+fi
 for version in "${versions[@]}"; do
   dir="$out/$version"
   rm -rf "$dir"

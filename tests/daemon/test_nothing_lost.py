@@ -404,6 +404,8 @@ async def test_answer_now_is_what_handle_would_answer(
         wire.GetToken(server="s", min_ttl=0),
         wire.GetToken(server="s", min_ttl=30),
         wire.GetToken(server="k"),
+        wire.GetToken(server="s", method="POST", url=URL),
+        wire.GetToken(server="k", method="POST", url="https://k.example/mcp"),
         wire.Hello(),
         wire.ListServers(),
         wire.Status(server="s"),

@@ -56,10 +56,49 @@ def test_default_socket_path_matches_the_daemon() -> None:
     assert ncp_client.default_socket_path() == paths.socket_path()
 
 
+class _Resource(BaseHTTPRequestHandler):
+    accepted = KEY
+    seen: ClassVar[list[str]] = []
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        auth = self.headers.get("Authorization", "")
+        self.seen.append(auth)
+        ok = auth == f"Bearer {self.accepted}"
+        self.send_response(200 if ok else 401)
+        if not ok:
+            self.send_header("WWW-Authenticate", 'Bearer error="invalid_token"')
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
 @pytest.fixture
-def served(env: Env, daemon: Daemon) -> Env:
+def resource() -> Iterator[tuple[str, type[_Resource]]]:
+    handler = type("Handler", (_Resource,), {"seen": [], "accepted": KEY})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/mcp", handler
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def served(env: Env, daemon: Daemon, resource: tuple[str, type[_Resource]]) -> Env:
+    """The daemon with one bearer server, ``neus``, at the local resource's URL: BrokerAuth names each
+    request's URL, and the daemon answers only for requests to the server's own origin."""
     env.write_config(
-        {"neus": {"url": "https://mcp.example.com/mcp", "auth": {"type": "bearer", "token": KEY}}}
+        {
+            "neus": {
+                "url": resource[0],
+                "auth": {"type": "bearer", "token": KEY, "allowInsecureLoopback": True},
+            }
+        }
     )
     assert env.run("ncp-broker", "reload").returncode == 0
     return env
@@ -114,38 +153,6 @@ def test_aget_token_not_running_under_asyncio(env: Env) -> None:
         asyncio.run(ncp_client.aget_token("neus", socket_path=env.socket))
 
 
-class _Resource(BaseHTTPRequestHandler):
-    accepted = KEY
-    seen: ClassVar[list[str]] = []
-
-    def do_POST(self) -> None:
-        self.rfile.read(int(self.headers.get("Content-Length", "0")))
-        auth = self.headers.get("Authorization", "")
-        self.seen.append(auth)
-        ok = auth == f"Bearer {self.accepted}"
-        self.send_response(200 if ok else 401)
-        if not ok:
-            self.send_header("WWW-Authenticate", 'Bearer error="invalid_token"')
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
-@pytest.fixture
-def resource() -> Iterator[tuple[str, type[_Resource]]]:
-    handler = type("Handler", (_Resource,), {"seen": [], "accepted": KEY})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/mcp", handler
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
 def test_broker_auth_sync_sets_bearer_header(served: Env, resource: tuple[str, type[_Resource]]) -> None:
     """BrokerAuth puts the broker's token in the Authorization header (T1: header only, not the URL)."""
     url, handler = resource
@@ -182,10 +189,9 @@ def test_broker_auth_retries_once_with_a_newer_token(
     first = next(flow)
     assert first.headers["Authorization"] == f"Bearer {KEY}"
     # the key changes between the request and the 401 (as a refresh by another client would)
-    added = served.run(
-        "ncp-broker", "add", "neus", "https://mcp.example.com/mcp", "--access-key", "-", input="fresh-key"
-    )
-    assert added.returncode == 0, added.stderr
+    served.write_config({"neus": {"url": url, "auth": {"type": "bearer", "allowInsecureLoopback": True}}})
+    assert served.run("ncp-broker", "reload").returncode == 0
+    ncp_client.call({"op": "set_access_key", "server": "neus", "key": "fresh-key"}, socket_path=served.socket)
     retry = flow.send(httpx.Response(401, request=first))
     assert retry.headers["Authorization"] == "Bearer fresh-key"
     with pytest.raises(StopIteration):
@@ -204,3 +210,18 @@ async def test_broker_auth_for_httpx2_used_by_the_mcp_sdk(
         response = await client.post(url, content=b"{}")
     assert response.status_code == 200
     assert handler.seen == [f"Bearer {KEY}"]
+
+
+def test_broker_auth_refuses_to_name_a_request_elsewhere(
+    served: Env, resource: tuple[str, type[_Resource]]
+) -> None:
+    """A request to another origin than the server's gets no token: the daemon refuses to name it."""
+    url, handler = resource
+    elsewhere = url.replace("127.0.0.1", "localhost")
+    with (
+        httpx.Client(auth=ncp_client.BrokerAuth("neus", socket_path=served.socket)) as client,
+        pytest.raises(ncp_client.ServerError, match="not at the server's origin") as err,
+    ):
+        client.post(elsewhere, content=b"{}")
+    assert err.value.code == "bad_request"
+    assert handler.seen == []

@@ -447,6 +447,11 @@ class McpServer:
         with _http() as http:
             http.post(f"{self.origin}/__admin/refuse_tokens", json={"count": count}).raise_for_status()
 
+    def rotate_dpop_nonce(self) -> None:
+        """Make a new DPoP nonce (``dpop="nonce"``): the next proof without it is challenged."""
+        with _http() as http:
+            http.post(f"{self.origin}/__admin/dpop_nonce").raise_for_status()
+
     def start(self) -> None:
         """Start again (after stop()) on the same port."""
         self._launch()
@@ -473,6 +478,7 @@ def start_mcp_server(
     stateless: bool = False,
     path: str = "/mcp",
     register_resource: bool = True,
+    dpop: str = "off",
 ) -> McpServer:
     """Start mcp_server.py for `issuer`; given an OidcServer, its URL is registered there as a resource."""
     issuer_url = issuer.issuer if isinstance(issuer, OidcServer) else issuer
@@ -484,6 +490,7 @@ def start_mcp_server(
         "tool_scopes": tool_scopes if tool_scopes is not None else {"admin_action": ["mcp:admin"]},
         "json_response": json_response,
         "stateless": stateless,
+        "dpop": dpop,
         "parent_pid": os.getpid(),
     }
     server = McpServer(ServerProcess(name, [], log_dir), config)

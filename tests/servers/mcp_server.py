@@ -6,8 +6,11 @@ to this server's URL exactly. On top of the SDK, an ASGI layer adds what the SDK
 
 - per-tool scopes: a `tools/call` of a tool listed in `tool_scopes` whose token lacks the scope is answered
   403 with `WWW-Authenticate: Bearer error="insufficient_scope", scope="…", resource_metadata="…"` (step-up);
-- `GET /__admin/stats`: what the server saw (statuses, HTTP methods, tool calls, distinct tokens), without
-  token values;
+- DPoP (RFC 9449) as a resource server, with `"dpop": "required"` or `"nonce"` (tests/servers/dpop_check.py):
+  only `Authorization: DPoP` tokens with a valid proof per request, optionally with a nonce challenge;
+- `GET /__admin/stats`: what the server saw (statuses, HTTP methods, tool calls, distinct tokens, DPoP
+  checks), without token values; `POST /__admin/dpop_nonce` makes a new DPoP nonce (the next proofs must
+  carry it);
 - `POST /__admin/refuse_tokens {"count": N}`: the next N MCP requests that carry a token are answered 401
   `invalid_token`, as if the token had been revoked (a 401 mid-session, for the proxy's tests).
 
@@ -30,7 +33,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import jwt
@@ -40,6 +43,9 @@ from mcp.server.auth.provider import AccessToken
 from mcp.server.auth.settings import AuthSettings
 from mcp.server.mcpserver import MCPServer
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+if TYPE_CHECKING:
+    from tests.servers.dpop_check import DpopChecker, Refusal
 
 __all__ = ["JwksTokenVerifier", "ServerConfig", "main"]
 
@@ -61,6 +67,7 @@ class ServerConfig:
     json_response: bool = False
     stateless: bool = False
     audience: str | None = None  # defaults to the server's own URL
+    dpop: str = "off"  # "off" (Bearer), "required" or "nonce": see tests/servers/dpop_check.py
     parent_pid: int | None = None  # exit when this process is gone, so no server outlives a killed test run
 
     @classmethod
@@ -158,12 +165,21 @@ class _Guard:
     """ASGI layer in front of the SDK app: per-tool scopes, stats, the admin route."""
 
     def __init__(
-        self, app: ASGIApp, config: ServerConfig, verifier: JwksTokenVerifier, metadata_url: str
+        self,
+        app: ASGIApp,
+        *,
+        config: ServerConfig,
+        verifier: JwksTokenVerifier,
+        metadata_url: str,
+        url: str,
+        dpop: DpopChecker,
     ) -> None:
         self._app = app
         self._config = config
         self._verifier = verifier
         self._metadata_url = metadata_url
+        self._url = url
+        self._dpop = dpop
         self.stats = _Stats()
         self.refuse_next = 0
 
@@ -175,6 +191,11 @@ class _Guard:
         if path.startswith("/__admin/"):
             await self._admin(scope, receive, send)
             return
+        if self._dpop.enabled and path == self._config.path:
+            checked = await self._check_dpop(scope, send)
+            if checked is None:
+                return
+            scope = checked
         token = _bearer(scope)
         if token:
             self.stats.token_digests.add(hashlib.sha256(token.encode()).hexdigest()[:16])
@@ -209,6 +230,31 @@ class _Guard:
                     return
         await self._app(scope, _replay(body, receive), counting_send)
 
+    async def _check_dpop(self, scope: Scope, send: Send) -> Scope | None:
+        """The request with its DPoP token presented to the SDK as a Bearer token (the SDK verifies the
+        token itself), or None when it was refused here with a DPoP challenge."""
+        headers: list[tuple[bytes, bytes]] = list(scope["headers"])
+        auth = next((bytes(v).decode("latin-1") for n, v in headers if n == b"authorization"), None)
+        proofs = [bytes(v).decode("latin-1") for n, v in headers if n == b"dpop"]
+        refusal: Refusal | None
+        if auth is None:
+            refusal = self._dpop.missing()
+        else:
+            kind, _, token = auth.partition(" ")
+            refusal = self._dpop.check(
+                method=str(scope["method"]), url=self._url, scheme=kind, token=token.strip(), proofs=proofs
+            )
+        if refusal is not None:
+            self.stats.statuses[401] += 1
+            extra = [(b"www-authenticate", refusal.challenge.encode()), *refusal.headers]
+            await _send_json(
+                send, 401, {"error": "invalid_token", "error_description": refusal.reason}, extra
+            )
+            return None
+        bearer = (b"authorization", b"Bearer " + token.strip().encode("latin-1"))
+        kept = [(n, v) for n, v in headers if n not in (b"authorization", b"dpop")]
+        return {**scope, "headers": [*kept, bearer]}
+
     async def _lacks_tool_scope(self, tool: str, token: str | None, send: Send) -> bool:
         needed = self._config.tool_scopes.get(tool)
         if not needed or not token:
@@ -228,7 +274,9 @@ class _Guard:
 
     async def _admin(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["path"] == "/__admin/stats" and scope["method"] == "GET":
-            await _send_json(send, 200, self.stats.as_json())
+            await _send_json(send, 200, {**self.stats.as_json(), "dpop": self._dpop.as_json()})
+        elif scope["path"] == "/__admin/dpop_nonce" and scope["method"] == "POST":
+            await _send_json(send, 200, {"ok": True, "nonce_rotated": bool(self._dpop.rotate_nonce())})
         elif scope["path"] == "/__admin/reset_stats" and scope["method"] == "POST":
             self.stats = _Stats()
             await _send_json(send, 200, {"ok": True})
@@ -358,7 +406,10 @@ async def _serve(config: ServerConfig) -> None:
         host=config.host,
     )
     metadata_url = f"http://{config.host}:{port}/.well-known/oauth-protected-resource{config.path}"
-    app = _Guard(sdk_app, config, verifier, metadata_url)
+    from tests.servers.dpop_check import DpopChecker
+
+    dpop = DpopChecker(config.dpop, metadata_url)
+    app = _Guard(sdk_app, config=config, verifier=verifier, metadata_url=metadata_url, url=url, dpop=dpop)
     uv = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=2))
     task = asyncio.create_task(uv.serve(sockets=[sock]))
     deadline = time.monotonic() + 30
@@ -394,6 +445,9 @@ def main(argv: list[str] | None = None) -> None:
     if not text:
         raise SystemExit("usage: mcp_server.py CONFIG_JSON_OR_FILE")
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
+    root = str(Path(__file__).resolve().parents[2])  # run as a script: make `tests.servers` importable
+    if root not in sys.path:
+        sys.path.insert(0, root)
     asyncio.run(_serve(ServerConfig.parse(text)))
 
 

@@ -121,6 +121,8 @@ EVENTS: dict[str, renewal.Event] = {
     "Settled": renewal.Settled(),
     "Forgotten": renewal.Forgotten(),
     "Closed": renewal.Closed(),
+    "Unattended": renewal.Unattended(),
+    "Retry": renewal.Retry(),
 }
 STATES = {
     P.NO_GRANT: renewal.State(),
@@ -133,7 +135,7 @@ STATES = {
 # Every (phase, event) pair: the phase it leads to, or None where it cannot happen (an actor bug).
 EXPECTED: dict[tuple[renewal.Phase, str], renewal.Phase | None] = {
     (P.NO_GRANT, "LoggedIn"): P.IDLE,
-    (P.NO_GRANT, "Sent"): None,  # nothing to renew
+    (P.NO_GRANT, "Sent"): None,  # nothing to renew (unattended grants may: see below)
     (P.NO_GRANT, "Renewed"): None,
     (P.NO_GRANT, "Failed"): None,
     (P.NO_GRANT, "Ended"): None,
@@ -164,6 +166,8 @@ EXPECTED: dict[tuple[renewal.Phase, str], renewal.Phase | None] = {
     (P.BACKING_OFF, "Settled"): None,
     (P.BACKING_OFF, "Forgotten"): P.NO_GRANT,
     (P.BACKING_OFF, "Closed"): P.BACKING_OFF,
+    **{(phase, "Unattended"): phase for phase in P},
+    **{(phase, "Retry"): phase for phase in P},
 }
 
 
@@ -174,7 +178,8 @@ def test_every_transition(phase: renewal.Phase, event: str) -> None:
     if expected is None:
         with pytest.raises(ValueError, match="cannot happen"):
             renewal.step(STATES[phase], EVENTS[event])
-        assert type(EVENTS[event]) not in renewal.TRANSITIONS[phase]
+        kind = type(EVENTS[event])
+        assert kind not in renewal.TRANSITIONS[phase] or (phase, kind) in renewal.UNATTENDED_ONLY
     else:
         assert renewal.step(STATES[phase], EVENTS[event]).phase is expected
         assert renewal.TRANSITIONS[phase][type(EVENTS[event])] is expected
@@ -406,3 +411,116 @@ def test_short_tokens_renew_once_per_two_thirds_of_life_not_per_request() -> Non
             state = renew(state, now)
         assert renewal.decide(state, now=now, min_ttl=30, asked_at=now).action is A.SERVE
     assert by_timer == pytest.approx([2.0 * k for k in range(1, 15)])
+
+
+# ---- grants that need no person (E1, E2, E4) -----------------------------------------------------------
+
+UNATTENDED = renewal.State(unattended=True)
+
+
+def test_an_unattended_grant_gets_its_first_token_by_renewing() -> None:
+    """With nothing held, an unattended grant renews from NO_GRANT; the answer makes it IDLE with a plan."""
+    assert renewal.decide(UNATTENDED, now=5.0, min_ttl=30, asked_at=5.0) == renewal.Decision(A.RENEW, 2.0)
+    out = renewal.step(UNATTENDED, renewal.Sent(5.0))
+    assert (out.phase, out.held, out.last_attempt) == (P.IN_FLIGHT, None, 5.0)
+    assert renewal.decide(out, now=5.5, min_ttl=30, asked_at=5.0) == renewal.Decision(A.JOIN, 1.5)
+    done = renewal.step(out, renewal.Renewed(renewal.Held(6.0, 66.0, renewable=True), jitter=0.0))
+    assert (done.phase, done.planned_at) == (P.IDLE, 46.0)
+    assert renewal.decide(done, now=7.0, min_ttl=30, asked_at=7.0).action is A.SERVE
+
+
+def test_a_grant_that_needs_a_person_cannot_be_renewed_from_nothing() -> None:
+    """Sent from NO_GRANT is an actor bug unless the grant is unattended and not refused."""
+    with pytest.raises(ValueError, match="cannot happen"):
+        renewal.step(renewal.State(), renewal.Sent(1.0))
+    with pytest.raises(ValueError, match="cannot happen"):
+        renewal.step(renewal.State(unattended=True, refused=True), renewal.Sent(1.0))
+
+
+def test_a_refusal_is_not_retried_until_the_credentials_change() -> None:
+    """Ended marks an unattended grant refused: needs_login, no new request, until Retry (or becoming
+    unattended again after it was not) clears it."""
+    out = renewal.step(UNATTENDED, renewal.Sent(5.0))
+    ended = renewal.step(out, renewal.Ended())
+    assert (ended.phase, ended.unattended, ended.refused) == (P.NO_GRANT, True, True)
+    assert renewal.decide(ended, now=60.0, min_ttl=0, asked_at=60.0).action is A.NEEDS_LOGIN
+    assert renewal.step(ended, renewal.Unattended(True)).refused  # nothing changed
+    back = renewal.step(renewal.step(ended, renewal.Unattended(False)), renewal.Unattended(True))
+    assert not back.refused
+    assert not renewal.step(ended, renewal.Retry()).refused
+    assert renewal.decide(
+        renewal.step(ended, renewal.Retry()), now=60.0, min_ttl=0, asked_at=60.0
+    ).action is (A.RENEW)
+    # A grant that needs a person is never "refused": a login is what it needs anyway.
+    person = renewal.step(STATES[P.IN_FLIGHT], renewal.Ended())
+    assert not person.refused
+
+
+UNHELD_FAILED = renewal.State(
+    phase=P.BACKING_OFF, unattended=True, failures=1, last_attempt=10.0, retry_at=11.0
+)
+
+
+@pytest.mark.parametrize(
+    ("label", "state", "now", "asked_at", "action", "wait"),
+    [
+        ("needs a person", renewal.State(), 5.0, 5.0, A.NEEDS_LOGIN, 0.0),
+        ("unattended: get one", UNATTENDED, 5.0, 5.0, A.RENEW, 2.0),
+        ("refused", renewal.State(unattended=True, refused=True), 5.0, 5.0, A.NEEDS_LOGIN, 0.0),
+        ("stopping", renewal.State(unattended=True, closed=True), 5.0, 5.0, A.STOPPING, 0.0),
+        ("in flight: join", renewal.State(phase=P.IN_FLIGHT, unattended=True), 5.0, 5.0, A.JOIN, 2.0),
+        (
+            "in flight, budget spent",
+            renewal.State(phase=P.IN_FLIGHT, unattended=True),
+            7.0,
+            5.0,
+            A.UNREACHABLE,
+            0,
+        ),
+        ("failed a second ago: again", UNHELD_FAILED, 11.0, 11.0, A.RENEW, 2.0),
+        ("failed just now: pause", UNHELD_FAILED, 10.5, 10.5, A.PAUSE, 0.5),
+        (
+            "Retry-After beyond the budget",
+            renewal.State(phase=P.BACKING_OFF, unattended=True, last_attempt=10.0, not_before=40.0),
+            11.0,
+            11.0,
+            A.UNREACHABLE,
+            0.0,
+        ),
+        (
+            "tried for this caller already",
+            renewal.State(unattended=True, last_attempt=5.5),
+            5.6,
+            5.0,
+            A.NEEDS_LOGIN,
+            0.0,
+        ),
+    ],
+    ids=lambda x: x if isinstance(x, str) else "",
+)
+def test_decisions_with_nothing_held(
+    *, label: str, state: renewal.State, now: float, asked_at: float, action: renewal.Action, wait: float
+) -> None:
+    """What a caller gets when no token is held: a login, or for an unattended grant a first token within
+    the join budget, with the on-demand retry after a failure."""
+    decision = renewal.decide(state, now=now, min_ttl=0, asked_at=asked_at)
+    assert decision.action is action, label
+    assert decision.wait == pytest.approx(wait), label
+
+
+def test_an_unheld_failure_sets_no_timer() -> None:
+    """Nobody waits for a first token that failed: the timer does not retry it, the next caller does."""
+    assert renewal.wakeup(UNHELD_FAILED) is None
+
+
+def test_a_grant_that_needs_no_person_is_renewable_without_a_refresh_token() -> None:
+    """A client-credentials token has no refresh token, yet the timer renews it and a caller may too; it
+    becomes renewable when the grant becomes unattended (an enterprise IdP login arrives), not before."""
+    held = renewal.step(renewal.State(), renewal.LoggedIn(NO_REFRESH, jitter=0.0))
+    assert renewal.wakeup(held) is None
+    assert renewal.decide(held, now=3700.0, min_ttl=0, asked_at=3700.0).action is A.NEEDS_LOGIN
+    able = renewal.step(held, renewal.Unattended(True))
+    assert renewal.renewable(able)
+    assert renewal.wakeup(able) == 2400.0
+    assert renewal.decide(able, now=3500.0, min_ttl=300, asked_at=3500.0).action is A.RENEW
+    assert renewal.decide(able, now=3700.0, min_ttl=0, asked_at=3700.0).action is A.RENEW

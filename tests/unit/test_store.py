@@ -58,12 +58,13 @@ SECRETS = (
     "cs-client-secret-0004",
     "rat-registration-token-0005",
     "idt-id-token-0006",
+    "-----BEGIN PRIVATE KEY-----\nMIGHAgEAdpop-key-0007\n-----END PRIVATE KEY-----\n",
 )
 
 
 def full_record(url: str = URL_A, tag: str = "") -> ServerRecord:
     """A record with every kind of secret filled in (``tag`` makes the values distinct per call)."""
-    ak, at, rt, cs, rat, idt = (s + tag for s in SECRETS)
+    ak, at, rt, cs, rat, idt, dk = (s + tag for s in SECRETS)
     return ServerRecord(
         server_url=url,
         access_key=Secret(ak),
@@ -93,6 +94,7 @@ def full_record(url: str = URL_A, tag: str = "") -> ServerRecord:
             )
         },
         refresh_sent=RefreshSent(token_digest="0123456789abcdef", sent_at=1_899_999_000.0),
+        dpop_key=Secret(dk),
     )
 
 
@@ -451,6 +453,7 @@ async def test_keyring_backend_keeps_secrets_out_of_files(
         [
             "access_key",
             "access_token",
+            "dpop_key",
             "id_token",
             "refresh_token",
             f"registration:{hashlib.sha256(ISSUER.encode()).hexdigest()[:32]}:client_secret",
@@ -469,6 +472,7 @@ async def test_keyring_layout(data_dir: Path) -> None:
     key = server_key(URL_A)
     assert entries[(KEYRING_SERVICE, f"{key}:refresh_token")] == SECRETS[2]
     assert entries[(KEYRING_SERVICE, f"{key}:access_key")] == SECRETS[0]
+    assert entries[(KEYRING_SERVICE, f"{key}:dpop_key")] == SECRETS[6]  # the DPoP key, out of the file too
 
 
 async def test_keyring_error_never_echoes_the_secret(data_dir: Path) -> None:
