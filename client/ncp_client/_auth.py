@@ -36,7 +36,8 @@ from typing import Any, Protocol
 import httpx
 
 from ncp_client import acall, alogin, ascope_insufficient, call, login, scope_insufficient
-from ncp_client._errors import InsufficientScope, NeedsLogin, ProtocolError
+from ncp_client._credential import Credential, nonce_demanded, request_fields
+from ncp_client._errors import InsufficientScope, NeedsLogin
 from ncp_client._protocol import DEFAULT_TIMEOUT, LOGIN_TIMEOUT
 
 __all__ = ["BrokerAuth", "broker_auth_for_httpx2"]
@@ -55,24 +56,6 @@ class _Response(Protocol):
     headers: Any
 
 
-class _Answer:
-    """A token answer: the token, its type (``Bearer`` or ``DPoP``) and the proof for the request."""
-
-    __slots__ = ("dpop", "token", "token_type")
-
-    def __init__(self, result: Any) -> None:
-        if not isinstance(result, dict) or not isinstance(result.get("token"), str):
-            raise ProtocolError("protocol_error", "the daemon's answer has no token")
-        self.token: str = result["token"]
-        self.token_type = str(result.get("token_type") or "Bearer")
-        proof = result.get("dpop")
-        self.dpop: str | None = proof if isinstance(proof, str) else None
-
-    @property
-    def bound(self) -> bool:
-        return self.token_type.lower() == "dpop"
-
-
 def _challenge(response: _Response) -> str | None:
     """The response's ``WWW-Authenticate`` (several header lines joined, as HTTP allows)."""
     values = response.headers.get_list("www-authenticate")
@@ -85,20 +68,12 @@ def _is_step_up(response: _Response, challenge: str | None) -> bool:
 
 
 def _nonce_demanded(response: _Response, challenge: str | None) -> str | None:
-    """The resource server's new DPoP nonce when its 401 demands one (RFC 9449 §9), else None."""
     nonce = response.headers.get("dpop-nonce")
-    if response.status_code != 401 or not nonce or challenge is None:
-        return None
-    if "use_dpop_nonce" not in challenge or "dpop" not in challenge.lower():
-        return None
-    return str(nonce).strip() or None
+    return nonce_demanded(response.status_code, str(nonce) if nonce else None, challenge)
 
 
 def _request_fields(request: _Request, nonce: str | None = None) -> dict[str, Any]:
-    fields: dict[str, Any] = {"method": str(request.method), "url": str(request.url)}
-    if nonce is not None:
-        fields["dpop_nonce"] = nonce
-    return fields
+    return request_fields(str(request.method), str(request.url), nonce)
 
 
 class _Flows:
@@ -125,15 +100,9 @@ class _Flows:
         return f"{type(self).__name__}({self.server!r})"
 
     @staticmethod
-    def _set(request: _Request, answer: _Answer) -> None:
-        if answer.bound:
-            if answer.dpop is None:
-                raise ProtocolError("protocol_error", "the daemon answered a DPoP token without a proof")
-            request.headers["Authorization"] = f"DPoP {answer.token}"
-            request.headers["DPoP"] = answer.dpop
-        else:
-            request.headers["Authorization"] = f"Bearer {answer.token}"
-            request.headers.pop("DPoP", None)
+    def _set(request: _Request, answer: Credential) -> None:
+        request.headers.pop("DPoP", None)
+        request.headers.update(answer.headers())
 
     def _step_up_failed(self, exc: InsufficientScope) -> None:
         log.warning("%s: %s", self.server, exc.message)
@@ -158,10 +127,10 @@ class _Flows:
 
     # ---- sync ----------------------------------------------------------------------------------------
 
-    def _ask(self, message: dict[str, Any]) -> _Answer:
-        return _Answer(call(message, timeout=self._timeout, socket_path=self._socket_path))
+    def _ask(self, message: dict[str, Any]) -> Credential:
+        return Credential(call(message, timeout=self._timeout, socket_path=self._socket_path))
 
-    def _token_sync(self, request: _Request) -> _Answer:
+    def _token_sync(self, request: _Request) -> Credential:
         try:
             return self._ask(self._get_request(request))
         except NeedsLogin:
@@ -208,10 +177,10 @@ class _Flows:
 
     # ---- async (the same flow) -----------------------------------------------------------------------
 
-    async def _aask(self, message: dict[str, Any]) -> _Answer:
-        return _Answer(await acall(message, timeout=self._timeout, socket_path=self._socket_path))
+    async def _aask(self, message: dict[str, Any]) -> Credential:
+        return Credential(await acall(message, timeout=self._timeout, socket_path=self._socket_path))
 
-    async def _token_async(self, request: _Request) -> _Answer:
+    async def _token_async(self, request: _Request) -> Credential:
         try:
             return await self._aask(self._get_request(request))
         except NeedsLogin:

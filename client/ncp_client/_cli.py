@@ -21,7 +21,8 @@ if TYPE_CHECKING:
 __all__ = ["main"]
 
 USAGE = """\
-usage: ncp-token [SERVER] [--header | --headers-json] [--min-ttl SECONDS] [--timeout SECONDS]
+usage: ncp-token [SERVER] [--header | --headers-json] [--method M --url U [--dpop-nonce N]]
+                 [--min-ttl SECONDS] [--timeout SECONDS]
 
 Print a fresh access token for SERVER (a name from the ncp-broker config).
 
@@ -29,6 +30,10 @@ Print a fresh access token for SERVER (a name from the ncp-broker config).
                     $CLAUDE_CODE_MCP_SERVER_URL
   --header          print "Authorization: Bearer <token>"
   --headers-json    print {"Authorization": "Bearer <token>"} (for header-helper hosts)
+  --method M        the HTTP method and URL of the one request the token is for: a DPoP-bound token
+  --url U           (RFC 9449) comes with a proof for exactly that request, printed as the "DPoP"
+                    header ("Authorization: DPoP <token>"); a Bearer token is printed as usual
+  --dpop-nonce N    the nonce the server demanded (its DPoP-Nonce header), for the proof
   --min-ttl S       the token must stay valid for at least S seconds (default: the daemon's, 30)
   --timeout S       give up after S seconds (default 5)
 
@@ -70,12 +75,23 @@ def _parse(argv: Sequence[str]) -> dict[str, object]:
             if not number >= 0:  # also refuses NaN
                 raise _Usage(f"{name} must be a non-negative number")
             opts[name[2:].replace("-", "_")] = number
+        elif arg.split("=", 1)[0] in ("--method", "--url", "--dpop-nonce"):
+            name, _, value = arg.partition("=")
+            if not value:
+                if not args:
+                    raise _Usage(f"{name} needs a value")
+                value = args.pop(0)
+            opts[name[2:].replace("-", "_")] = value
         elif arg.startswith("-") and arg != "-":
             raise _Usage(f"unknown option {arg}")
         elif opts["server"] is None:
             opts["server"] = arg
         else:
             raise _Usage("give one SERVER")
+    if ("method" in opts) != ("url" in opts):
+        raise _Usage("--method and --url go together: they name the one request a DPoP proof is for")
+    if "dpop_nonce" in opts and "url" not in opts:
+        raise _Usage("--dpop-nonce needs --method and --url")
     return opts
 
 
@@ -144,6 +160,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         request: dict[str, object] = {"op": "get_token", "server": server}
         if opts["min_ttl"] is not None:
             request["min_ttl"] = opts["min_ttl"]
+        for field in ("method", "url", "dpop_nonce"):
+            if field in opts:
+                request[field] = opts[field]
         try:
             result = call(request, timeout=timeout)
         except NeedsLogin as exc:
@@ -154,18 +173,44 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not isinstance(token, str) or not token or any(c in token for c in "\r\n"):
             sys.stderr.write("ncp-token: the daemon's answer has no usable token\n")
             return 7
+        proof = result.get("dpop") if isinstance(result, dict) else None
+        bound = isinstance(result, dict) and str(result.get("token_type", "")).lower() == "dpop"
     except _Usage as exc:
         sys.stderr.write(f"ncp-token: {exc}\n{USAGE}")
         return EXIT_USAGE
     except BrokerError as exc:
         sys.stderr.write(f"ncp-token: {exc}\n")
         return exc.exit_status
+    if bound:
+        return _print_bound(opts, token, proof)
     if opts["format"] == "header":
         sys.stdout.write(f"Authorization: Bearer {token}\n")
     elif opts["format"] == "json":
         sys.stdout.write('{"Authorization": ' + json_text(f"Bearer {token}") + "}\n")  # json.dumps' layout
     else:
         sys.stdout.write(token + "\n")
+    return 0
+
+
+def _print_bound(opts: dict[str, object], token: str, proof: object) -> int:
+    """A DPoP-bound token: useless without a proof for the one request it goes with (RFC 9449)."""
+    if not isinstance(proof, str) or not proof or any(c in proof for c in "\r\n"):
+        sys.stderr.write(
+            "ncp-token: the server's tokens are DPoP-bound and need a proof for each request; name it:\n"
+            "  ncp-token SERVER --headers-json --method METHOD --url URL\n"
+        )
+        return EXIT_USAGE
+    if opts["format"] == "header":
+        sys.stdout.write(f"Authorization: DPoP {token}\nDPoP: {proof}\n")
+    elif opts["format"] == "json":
+        sys.stdout.write(
+            '{"Authorization": ' + json_text(f"DPoP {token}") + ', "DPoP": ' + json_text(proof) + "}\n"
+        )
+    else:
+        sys.stderr.write(
+            "ncp-token: a DPoP-bound token goes with its proof: use --header or --headers-json\n"
+        )
+        return EXIT_USAGE
     return 0
 
 

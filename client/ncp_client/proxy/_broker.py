@@ -25,6 +25,7 @@ from typing import Any
 import trio
 
 from ncp_client._async import acall
+from ncp_client._credential import Credential, request_fields
 from ncp_client._errors import BrokerError, InsufficientScope, NeedsLogin, ProtocolError
 from ncp_client._protocol import DEFAULT_TIMEOUT, MAX_ANSWER, encode, not_running, unwrap
 
@@ -159,12 +160,6 @@ class Target:
         return self.kind != "none"
 
 
-def _token(result: Any) -> str:
-    if not isinstance(result, dict) or not isinstance(result.get("token"), str):
-        raise ProtocolError("protocol_error", "the daemon's answer has no token")
-    return str(result["token"])
-
-
 class ServerAuth:
     """Tokens for one server: asked for per request, refusals reported, logins single-flight.
 
@@ -180,38 +175,53 @@ class ServerAuth:
         self._login_timeout = login_timeout
         self._say = say
         self._login: trio.Event | None = None
-        self._login_outcome: str | BrokerError | None = None
+        self._login_outcome: BrokerError | None = None
 
-    async def token(self) -> str | None:
-        """The token for the next request (None for a server the broker holds nothing for).
+    async def token(self, method: str, url: str, nonce: str | None = None) -> Credential | None:
+        """The credential for one request (``method`` ``url``: a DPoP proof is bound to them), or None for
+        a server the broker holds nothing for. ``nonce``: the resource server demanded it (RFC 9449 §9).
 
         Raises:
             BrokerError: the daemon cannot give one (the hint says what to run).
         """
         if not self.target.brokered:
             return None
+        request = {"op": "get_token", "server": self.target.name, **request_fields(method, url, nonce)}
         try:
-            return _token(await self._link.call({"op": "get_token", "server": self.target.name}))
+            return Credential(await self._link.call(request))
         except NeedsLogin as exc:
-            return await self._log_in(exc)
+            await self._log_in(exc)
+            return Credential(await self._link.call(request))
 
-    async def refused(self, status: int, challenge: str | None, token: str | None) -> str | None:
-        """The token to resend with after a 401 or a step-up 403, or None: give the answer to the host.
+    async def refused(
+        self,
+        status: int,
+        challenge: str | None,
+        sent: Credential | None,
+        *,
+        method: str,
+        url: str,
+        dpop_nonce: str | None = None,
+    ) -> Credential | None:
+        """The credential to resend with after a 401 or a step-up 403, or None: give the answer to the host.
+        ``dpop_nonce``: the 401's ``DPoP-Nonce``, which the daemon keeps for the proofs it makes.
 
         Raises:
             BrokerError: the daemon needs a person (login failed or not allowed, scopes refused).
         """
-        if token is None:
+        if sent is None:
             return None
         name = self.target.name
+        fields = request_fields(method, url, dpop_nonce)
         if status == 401:
-            request: dict[str, Any] = {"op": "token_rejected", "server": name, "token": token}
+            request: dict[str, Any] = {"op": "token_rejected", "server": name, "token": sent.token, **fields}
             if challenge is not None:
                 request["www_authenticate"] = challenge
             try:
-                return _token(await self._link.call(request))
+                return Credential(await self._link.call(request))
             except NeedsLogin as exc:
-                return await self._log_in(exc)
+                await self._log_in(exc)
+                return await self.token(method, url)
         if status == 403 and challenge is not None and "insufficient_scope" in challenge:
             if self._login_timeout is None:
                 return None
@@ -219,45 +229,49 @@ class ServerAuth:
             step_up = {
                 "op": "scope_insufficient",
                 "server": name,
-                "token": token,
+                "token": sent.token,
                 "www_authenticate": challenge,
             }
             try:
-                return _token(await self._link.call_alone(step_up, timeout=_LONG))
+                await self._link.call_alone(step_up, timeout=_LONG)
             except InsufficientScope as exc:
                 self._say(f"{name}: {exc.message}")
                 return None
+            return await self.token(method, url)  # the stepped-up token, with its proof for this request
         return None
 
-    async def _log_in(self, why: NeedsLogin) -> str:
-        """One login for every request that needs it: the first starts it, the others wait for it."""
+    async def _log_in(self, why: NeedsLogin) -> None:
+        """One login for every request that needs it: the first starts it, the others wait for it; then
+        each asks for its own credential (a DPoP proof is for one request).
+
+        Raises:
+            BrokerError: the login cannot be had (not allowed, failed, timed out).
+        """
         if self._login_timeout is None or why.code == "login_unavailable" or self.target.kind != "oauth":
             raise why  # an access-key server has no login: its hint says how to set the key
         if self._login is not None:
             await self._login.wait()
         else:
             self._login = trio.Event()
+            self._login_outcome = None
             try:
-                self._login_outcome = await self._run_login(self._login_timeout)
+                await self._run_login(self._login_timeout)
             except BrokerError as exc:
                 self._login_outcome = exc
             finally:
                 self._login.set()
                 self._login = None
-        outcome = self._login_outcome
-        if isinstance(outcome, BrokerError):
-            raise outcome
-        assert outcome is not None
-        return outcome
+        if isinstance(self._login_outcome, BrokerError):
+            raise self._login_outcome
 
-    async def _run_login(self, timeout: float) -> str:
+    async def _run_login(self, timeout: float) -> None:
         name = self.target.name
         self._say(f"{name} needs a login: the broker opens the browser (one tab for every caller)")
         deadline = trio.current_time() + timeout
         await self._link.call_alone({"op": "login", "server": name, "open_browser": True}, timeout=_LONG)
         remaining = max(1.0, deadline - trio.current_time())
         try:
-            result = await self._link.call_alone({"op": "login_wait", "server": name}, timeout=remaining)
+            await self._link.call_alone({"op": "login_wait", "server": name}, timeout=remaining)
         except ProtocolError as exc:
             if exc.code != "timeout":
                 raise
@@ -267,4 +281,3 @@ class ServerAuth:
                 f"ncp-broker login {name}",
             ) from None
         self._say(f"{name}: logged in")
-        return _token(result)

@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import trio
 
+from ncp_client._credential import Credential, nonce_demanded
 from ncp_client._errors import BrokerError
 from ncp_client.proxy._broker import ServerAuth
 from ncp_client.proxy._jsonrpc import INTERNAL_ERROR, error_line
@@ -88,32 +89,47 @@ class Upstream:
         Raises:
             UpstreamError: no token (the broker's reason), or the server cannot be reached.
         """
-        token = await self._token()
-        response = await self._send(method, url, headers, content, token)
+        sent = await self._credential(method, url)
+        response = await self._send(method, url, headers, content, sent)
+        nonce = response.headers.get("dpop-nonce")
+        if (
+            sent is not None
+            and sent.bound
+            and nonce_demanded(response.status_code, nonce, challenge(response))
+        ):
+            # The resource server wants its DPoP nonce in the proof (RFC 9449 §9): a new proof, once.
+            await response.aclose()
+            self.debug("HTTP 401 use_dpop_nonce: sending once more with a proof that carries the nonce")
+            sent = await self._credential(method, url, nonce)
+            response = await self._send(method, url, headers, content, sent)
+            nonce = response.headers.get("dpop-nonce")
         if response.status_code in (401, 403):
             refused_with = challenge(response)
             try:
-                newer = await self.auth.refused(response.status_code, refused_with, token)
+                newer = await self.auth.refused(
+                    response.status_code, refused_with, sent, method=method, url=url, dpop_nonce=nonce
+                )
             except BrokerError as exc:
                 await response.aclose()
                 raise _from_broker(exc) from None
-            if newer is not None and newer != token:
+            if newer is not None and sent is not None and newer.token != sent.token:
                 await response.aclose()
                 self.debug(f"HTTP {response.status_code}: sending once more with the broker's newer token")
                 response = await self._send(method, url, headers, content, newer)
         return response
 
-    async def _token(self) -> str | None:
+    async def _credential(self, method: str, url: str, nonce: str | None = None) -> Credential | None:
         try:
-            return await self.auth.token()
+            return await self.auth.token(method, url, nonce)
         except BrokerError as exc:
             raise _from_broker(exc) from None
 
     async def _send(
-        self, method: str, url: str, headers: dict[str, str], content: bytes | None, token: str | None
+        self, method: str, url: str, headers: dict[str, str], content: bytes | None, sent: Credential | None
     ) -> httpx.Response:
-        if token is not None:
-            headers = {**headers, "Authorization": f"Bearer {token}"}
+        if sent is not None:
+            # The token (and a DPoP proof) go only in these headers (T1), never in a log line.
+            headers = {**{k: v for k, v in headers.items() if k.lower() != "dpop"}, **sent.headers()}
         request = self.client.build_request(method, url, headers=headers, content=content)
         try:
             return await self.client.send(request, stream=True)
