@@ -470,18 +470,21 @@ def decide(
     min_ttl: float,
     asked_at: float,
     refused: bool = False,
+    renewed: bool = False,
 ) -> Decision:
     """What to do for a caller who asked at ``asked_at`` for a token with ``min_ttl`` seconds left.
 
     ``refused``: the caller reports that the resource answered 401 to the held token (``token_rejected``).
-    The actor asks again after every wait; a caller never waits past ``asked_at + JOIN_WAIT``.
+    ``renewed``: the held token is not the one held when this caller asked (a renewal or a login ended
+    while it waited). The actor asks again after every wait; a caller never waits past
+    ``asked_at + JOIN_WAIT``.
     """
     held = state.held
     if state.phase is Phase.NO_GRANT or held is None:
         return decide_unheld(state, now=now, asked_at=asked_at)
     how = fit(held, now=now, min_ttl=min_ttl, refused=refused)
     expired = how is Fit.EXPIRED
-    if held.obtained_at >= asked_at and how is not Fit.FRESH:
+    if renewed and how is not Fit.FRESH:
         # Renewed while this caller waited and still not fit: this is as good as it gets. (A server that
         # issues tokens with no life left must not send us renewing in a loop.)
         if expired:

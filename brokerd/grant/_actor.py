@@ -105,7 +105,9 @@ class OAuthActor(Actor):
         self._ctx = ctx
         self._idps = idps
         key = key if key is not None else canonical_url(server.url)
-        self.grant = Grant(key, store, ctx, label=lambda: self.label, on_due=self._due)
+        self.grant = Grant(
+            key, store, ctx, label=lambda: self.label, on_due=self._due, on_renewal_end=self._renewal_ended
+        )
         self.logins = Logins(self)
         self._renewal: _Renewal | None = None
         self._rs_nonce: str | None = None  # the resource server's last DPoP nonce (RFC 9449 §9), in memory
@@ -287,7 +289,7 @@ class OAuthActor(Actor):
             with trio.CancelScope(shield=True):
                 await grant.save()
         clock = self._ctx.clock
-        asked_at = clock()
+        asked_at, first = clock(), grant.tokens
         while True:
             tokens = grant.tokens
             decision = renewal.decide(
@@ -296,6 +298,7 @@ class OAuthActor(Actor):
                 min_ttl=min_ttl,
                 asked_at=asked_at,
                 refused=refused is not None and tokens is not None and tokens.access_token == refused,
+                renewed=tokens is not first,
             )
             match decision.action:
                 case renewal.Action.SERVE:
@@ -385,19 +388,28 @@ class OAuthActor(Actor):
         if self._renewal is None and renewal.due(self.grant.state, self._ctx.clock()):
             self._start_renewal()
 
+    def _renewal_ended(self) -> None:
+        """The machine left ``IN_FLIGHT``: the renewal is over for everyone waiting on it, even while its
+        task still saves (the next renewal waits for that save: ``Grant`` saves one at a time)."""
+        current, self._renewal = self._renewal, None
+        if current is not None:
+            current.done.set()
+
     async def _run_renewal(self, seen: oauth.TokenSet | None, current: _Renewal) -> None:
-        # DESIGN rule 10: from here to the persisted answer nothing cancels the exchange: not the caller,
-        # not a stop, not a reload. The HTTP driver's own timeout bounds it.
-        with trio.CancelScope(shield=True):
-            try:
-                await _renew.renew(self, seen)
-            except Exception:
-                log.exception("%s: the refresh crashed", self.label)
-                if self.grant.state.phase is renewal.Phase.IN_FLIGHT:
-                    self.grant.apply(renewal.Failed(self._ctx.clock(), self._ctx.jitter()))
-            finally:
-                self._renewal = None
-                current.done.set()
+        # What to present is prepared cancellably (a stop before anything is sent sends nothing); from the
+        # moment it is sent to the persisted answer, _renew.renew shields the exchange (DESIGN rule 10).
+        crashed = False
+        try:
+            await _renew.renew(self, seen)
+        except Exception:
+            crashed = True
+            log.exception("%s: the refresh crashed", self.label)
+        finally:
+            if self._renewal is current and self.grant.state.phase is renewal.Phase.IN_FLIGHT:
+                # Cancelled before anything was sent (a stop), or a bug: the renewal is over either way.
+                failed = renewal.Failed(self._ctx.clock(), self._ctx.jitter())
+                self.grant.apply(failed if crashed else renewal.Settled())
+            current.done.set()
 
     # ---- the HTTP side ----------------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ import trio
 from brokerd import keys, oauth, renewal
 from brokerd.grant._context import OAuthContext
 from brokerd.grant._dpop import load_stored_key
+from brokerd.secret import Secret
 from brokerd.store import RefreshSent, ServerRecord, Store, StoreError
 from brokerd.wire import WireError
 
@@ -71,12 +72,14 @@ class Grant:
         *,
         label: Callable[[], str],
         on_due: Callable[[], Awaitable[None]],
+        on_renewal_end: Callable[[], None] = lambda: None,
     ) -> None:
         self.key = key
         self._store = store
         self._ctx = ctx
         self._label = label
         self._on_due = on_due
+        self._on_renewal_end = on_renewal_end
         self.loaded = False
         self.tokens: oauth.TokenSet | None = None
         #: The key ``tokens`` are DPoP-bound to (E3); None for Bearer tokens. Changes only with them.
@@ -90,7 +93,12 @@ class Grant:
         self.last_error_class: str | None = None  # transient, refused, grant_ended, login_failed, …
         self.last_hint: str | None = None  # what fixes last_error, when it is a config or credential problem
         self._sent: RefreshSent | None = None  # the durable "a refresh was sent" mark, as last saved
+        #: An access key stored for the same URL (a bearer entry of it), as loaded: written back, not erased.
+        self._access_key: Secret | None = None
         self._loading = trio.Lock()
+        # One save at a time, each written from the state at its turn: two saves overlapping in the
+        # store's worker thread could otherwise land in either order, an older token set last (rule 3).
+        self._saving = trio.Lock()
 
     @property
     def name(self) -> str:
@@ -99,9 +107,14 @@ class Grant:
     # ---- changes, through the machine --------------------------------------------------------------
 
     def apply(self, event: renewal.Event) -> None:
-        """Step the renewal machine and move the timer to its next wake-up."""
+        """Step the renewal machine and move the timer to its next wake-up. When the step leaves
+        ``IN_FLIGHT``, the renewal has ended: ``on_renewal_end`` tells the actor at that very moment, so
+        that whoever the machine now lets renew finds no renewal still registered."""
+        was = self.state.phase
         self.state = renewal.step(self.state, event)
         self._ctx.scheduler.set(self.key, renewal.wakeup(self.state), self._on_due)
+        if was is renewal.Phase.IN_FLIGHT and self.state.phase is not renewal.Phase.IN_FLIGHT:
+            self._on_renewal_end()
 
     def take(
         self, tokens: oauth.TokenSet, *, dpop_key: keys.PrivateKey | None = None, renewed: bool = False
@@ -152,6 +165,7 @@ class Grant:
     def _adopt(self, record: ServerRecord | None) -> None:
         if record is None:
             return
+        self._access_key = record.access_key
         self.registrations = dict(record.registrations)
         if record.tokens is None:
             return
@@ -177,6 +191,7 @@ class Grant:
             sent = None  # a mark speaks of the refresh token it names, and of no other
         return ServerRecord(
             server_url=self.key,
+            access_key=self._access_key,
             tokens=tokens,
             registrations=dict(self.registrations),
             refresh_sent=sent,
@@ -190,7 +205,8 @@ class Grant:
         held ones if given. On failure, keep it in memory, report ``degraded`` and retry on the next request
         (DESIGN rule 3). Never raises."""
         try:
-            await self._store.save(self.record(tokens, dpop_key))
+            async with self._saving:
+                await self._store.save(self.record(tokens, dpop_key))
         except StoreError as exc:
             self.unsaved = True
             self.note_error("store_write", f"could not save credentials: {exc}")
@@ -206,7 +222,8 @@ class Grant:
         assert digest is not None
         self._sent = RefreshSent(token_digest=digest, sent_at=self._ctx.clock())
         try:
-            await self._store.save(self.record())
+            async with self._saving:
+                await self._store.save(self.record())
         except StoreError as exc:
             log.warning("%s: could not record the refresh before sending it: %s", self.name, exc)
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+import trio
+
 from brokerd import oauth, renewal
 from brokerd.grant._present import Plan
 from brokerd.grant._sources import CredentialError
@@ -29,10 +31,22 @@ async def renew(actor: OAuthActor, seen: oauth.TokenSet | None) -> None:
     it presents, send it, and persist the answer before anyone can take it (rule 3)."""
     grant = actor.grant
     try:
-        plan = await actor.presenter.plan(seen)
+        plan = await actor.presenter.plan(seen)  # local inputs, discovery: cancellable, nothing sent yet
     except (CredentialError, oauth.OAuthError) as exc:
-        await _failed(actor, seen, None, exc, sent=False)  # nothing was sent
+        with trio.CancelScope(shield=True):
+            await _failed(actor, seen, None, exc, sent=False)  # nothing was sent
         return
+    if actor.closed:
+        grant.apply(renewal.Settled())  # stopping meanwhile: no new exchange (rule 10)
+        return
+    # DESIGN rule 10: from the mark to the persisted answer nothing cancels the exchange — not the caller,
+    # not a stop, not a reload. The HTTP driver's own timeouts bound it.
+    with trio.CancelScope(shield=True):
+        await _exchange(actor, seen, plan)
+
+
+async def _exchange(actor: OAuthActor, seen: oauth.TokenSet | None, plan: Plan) -> None:
+    grant = actor.grant
     if plan.spends_refresh_token:
         assert seen is not None
         await grant.mark_sent(seen)

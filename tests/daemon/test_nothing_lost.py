@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+import msgspec
 import pytest
 import trio
 import trio.testing
@@ -25,7 +26,7 @@ from brokerd.callback import CallbackHub
 from brokerd.grant import OAuthActor, OAuthContext
 from brokerd.renewal import ON_DEMAND_RETRY
 from brokerd.secret import Secret
-from brokerd.store import RefreshSent
+from brokerd.store import RefreshSent, ServerRecord
 from tests.daemon.test_refresh_schedule import SERVER, URL, TokenEndpoint, seeded_store
 from tests.fakes import MemoryStore
 
@@ -437,3 +438,67 @@ async def test_answer_now_is_what_handle_would_answer(
     broker.begin_stop()
     await compare()  # stopping
     assert answered_now >= 15
+
+
+class SlowStore(MemoryStore):
+    """A store whose saves take time in the event loop, as the real ones do (a worker thread, fsync):
+    ``delay(record)`` says how long each one takes."""
+
+    def __init__(self, delay: Callable[[ServerRecord], float]) -> None:
+        super().__init__()
+        self.delay = delay
+
+    async def save(self, record: ServerRecord) -> None:
+        await trio.sleep(self.delay(record))
+        await super().save(record)
+
+
+async def test_overlapping_saves_land_in_order(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Rule 3: two saves of one grant at once (a retried write and a renewal's, say) are written one after
+    the other, each with the state at its turn — an older token set never lands last."""
+    seeded = seeded_store(60)
+    slow = SlowStore(lambda r: 2.0 if r.tokens and r.tokens.access_token == Secret("at-old") else 0.1)
+    slow.records = seeded.records
+    actor = OAuthActor(SERVER, slow, context(nursery, TokenEndpoint(60)))
+    await actor.grant.load()
+    held = actor.grant.tokens
+    assert held is not None
+    old = msgspec.structs.replace(held, access_token=Secret("at-old"))
+    new = msgspec.structs.replace(held, access_token=Secret("at-new"))
+    async with trio.open_nursery() as saves:
+        saves.start_soon(actor.grant.save, old)
+        await trio.sleep(0.5)
+        saves.start_soon(actor.grant.save, new)
+    stored = slow.records[URL].tokens
+    assert stored is not None
+    assert stored.access_token == Secret("at-new")
+
+
+async def test_a_renewal_may_start_while_the_last_one_still_saves(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A failed refresh ends when the machine says so (backing off), even while its task still saves; a
+    caller's on-demand retry a second later starts the next one (it used to find the old one registered
+    and fail with `internal`), and it succeeds once the server answers."""
+    endpoint = TokenEndpoint(60)
+    endpoint.retry_after = None
+    seeded = seeded_store(60)
+
+    def delay(record: ServerRecord) -> float:  # the save after the 503 (at-0 held, the mark cleared) is slow
+        tokens = record.tokens
+        failing = record.refresh_sent is None and tokens is not None and tokens.access_token == Secret("at-0")
+        return 1.5 if failing else 0.0
+
+    slow = SlowStore(delay)
+    slow.records = seeded.records
+    actor = OAuthActor(SERVER, slow, context(nursery, endpoint))
+    await actor.grant.load()
+    endpoint.fail_next = 1
+    # The resource refused at-0 (a 401): it counts as expired. The refresh is refused with a 503 and its
+    # failure takes 1.5 s to save; the caller's on-demand retry a second later starts the next refresh
+    # meanwhile (its first save waits for the last one), which the server answers.
+    assert (await actor.token_rejected(Secret("at-0"))).token == Secret("at-2")
+    assert len(endpoint.refresh_times) == 2
+    assert endpoint.replays == 0

@@ -388,10 +388,10 @@ def test_closed_serves_what_it_holds_and_starts_nothing() -> None:
 def test_a_token_renewed_while_the_caller_waited_is_served_even_if_short() -> None:
     """A server that issues tokens shorter than asked gets one renewal per caller, not a loop."""
     state = idle(renewal.Held(obtained_at=50.0, expires_at=50.5, renewable=True))
-    decision = renewal.decide(state, now=50.1, min_ttl=30, asked_at=49.0)
+    decision = renewal.decide(state, now=50.1, min_ttl=30, asked_at=49.0, renewed=True)
     assert decision.action is A.SERVE
     dead = idle(renewal.Held(obtained_at=50.0, expires_at=50.0, renewable=True))
-    assert renewal.decide(dead, now=50.1, min_ttl=0, asked_at=49.0).action is A.UNREACHABLE
+    assert renewal.decide(dead, now=50.1, min_ttl=0, asked_at=49.0, renewed=True).action is A.UNREACHABLE
 
 
 def test_short_tokens_renew_once_per_two_thirds_of_life_not_per_request() -> None:
