@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import logging
 import os
 import signal
@@ -301,7 +302,10 @@ async def _main(opts: DaemonOptions, readiness: _Readiness) -> None:
                 )
                 outer.start_soon(_watch_signals, broker)
                 work.nursery.start_soon(oauth.scheduler.run, work.nursery)
-                await outer.start(serve, listener, broker.handle)
+                # A usable cached token, hello, list and status are answered from the accept loop itself.
+                await outer.start(
+                    functools.partial(serve, immediate=broker.answer_now), listener, broker.handle
+                )
                 log.info(
                     "ncp-broker %s listening on %s (pid %d, config %s, store %s)",
                     _version(),

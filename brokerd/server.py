@@ -283,6 +283,7 @@ async def serve(
         async with trio.open_nursery() as nursery:
             limits = _Limits(max_connections, max_frame, frame_deadline, idle_timeout)
             server = _Server(nursery, handler, immediate, check, limits)
+            log.debug("accepting; requests answered from the accept loop: %s", "on" if immediate else "off")
             task_status.started()
             await server.accept_loop(sock)
     finally:

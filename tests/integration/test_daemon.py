@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+import ncp_client
 from tests.harness import Daemon, Env, start_daemon, wait_until
 
 pytestmark = pytest.mark.integration
@@ -505,3 +506,13 @@ def test_no_secret_in_debug_log_status_or_errors(env: Env, daemon: Daemon) -> No
     assert " DEBUG " in daemon.log_text()  # the daemon really logged at debug level
     assert KEY not in text
     assert second not in text
+
+
+def test_the_daemon_answers_what_it_can_from_the_accept_loop(env: Env, daemon: Daemon) -> None:
+    """The daemon passes its answer-at-once hook to the socket server (the fast path of docs/benchmarks.md),
+    and what comes that way is the same answer: a cached access key, hello."""
+    env.write_config({"neus": bearer(token=KEY)})
+    env.run("ncp-broker", "reload")
+    assert "requests answered from the accept loop: on" in daemon.log_text()
+    assert env.run("ncp-token", "neus").stdout == KEY + "\n"
+    assert ncp_client.call({"op": "hello"}, socket_path=env.socket)["pid"] == daemon.pid
