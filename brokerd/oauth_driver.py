@@ -113,8 +113,13 @@ async def drive(
     on_redirect: RedirectHandler,
     on_device_code: DeviceCodeHandler,
     clock: Clock = time.time,
+    keep: Callable[[_T], Awaitable[None]] | None = None,
 ) -> _T:
     """Run a core flow to its end, performing each effect (see the module table); return its result.
+
+    ``keep`` is awaited with the result before this returns, in the same shield as the flow's last
+    request: what an exchange bought (a code's tokens, a revocation's outcome) is persisted whatever
+    happens to the caller meanwhile (DESIGN rule 10), with no checkpoint between the answer and it.
 
     Raises:
         OAuthError: whatever the flow raises (its subclasses say what went wrong; see ``brokerd.oauth``).
@@ -144,6 +149,9 @@ async def drive(
             effect = flow.send(answer)
     except StopIteration as stop:
         result: _T = stop.value
+        if keep is not None:
+            with trio.CancelScope(shield=True):
+                await keep(result)
         return result
     finally:
         flow.close()

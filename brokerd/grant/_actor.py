@@ -419,6 +419,7 @@ class OAuthActor(Actor):
         *,
         on_redirect: Callable[[oauth.AwaitRedirect], Awaitable[Mapping[str, str]]] = _no_redirect,
         on_device_code: Callable[[oauth.ShowDeviceCode], Awaitable[None]] = _no_device_code,
+        keep: Callable[[_T], Awaitable[None]] | None = None,
     ) -> _T:
         return await drive(
             flow,
@@ -426,6 +427,7 @@ class OAuthActor(Actor):
             on_redirect=on_redirect,
             on_device_code=on_device_code,
             clock=self._ctx.clock,
+            keep=keep,
         )
 
     async def discover(self) -> oauth.Discovery:

@@ -177,7 +177,15 @@ class Logins:
         login = self.pending
         if login is None or login.pasted is None:
             raise WireError("bad_request", f"{self._actor.label}: no login is waiting for a pasted code")
-        await login.pasted.send(response)
+        try:
+            login.pasted.send_nowait(response)  # one answer per login; never wait on the channel
+        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+            raise WireError(
+                "bad_request",
+                f"{self._actor.label}: a code was pasted for this login already; its outcome follows",
+                f"wait for it, or start again: ncp-broker login {self._actor.server.name} --no-browser",
+            ) from None
+        login.pasted.close()
         return await self.wait()
 
     async def step_up(
@@ -225,11 +233,7 @@ class Logins:
             with login.cancel_scope:
                 port = actor.settings.callback_port or 0
                 async with actor.ctx.hub.listener(port=port) as listener:
-                    tokens, dpop_key = await self._authorize(login, listener)
-                    # The code was spent: keep what it bought, whatever happens to this task now.
-                    with trio.CancelScope(shield=True):
-                        await grant.save(tokens, dpop_key)
-                        grant.take(tokens, dpop_key=dpop_key)
+                    await self._authorize(login, listener)  # its tokens are saved and taken in its shield
                     logged_in = True
                     self.last_error = None
                     log.info("%s: logged in", actor.label)
@@ -251,10 +255,45 @@ class Logins:
             login.url_known.set()
             login.done.set()
 
-    async def _authorize(
-        self, login: _Login, listener: CallbackListener
-    ) -> tuple[oauth.TokenSet, keys.PrivateKey | None]:
-        """The login's tokens, and the DPoP key they are bound to (a new one per login, E3) if any."""
+    async def _client(
+        self, discovery: oauth.Discovery, scopes: tuple[str, ...] | None, redirect_uri: str
+    ) -> oauth.Registration:
+        """The client registered at this issuer, registering one first if there is none that fits
+        (saved in the registration's shield: a client the server made is never forgotten)."""
+        actor = self._actor
+        grant = actor.grant
+        settings = actor.settings
+        registration = grant.registrations.get(discovery.issuer)
+        if registration is not None and not must_register(registration, scopes, redirect_uri):
+            return registration
+        issuer = discovery.issuer
+
+        async def keep_client(registered: oauth.Registration) -> None:
+            grant.registrations[issuer] = registered
+            await grant.save()
+
+        return await actor.drive(
+            oauth.register(
+                discovery,
+                policy=actor.policy,
+                redirect_uris=[redirect_uri],
+                now=actor.ctx.clock(),
+                client_id=settings.client_id,
+                client_secret=settings.client_secret,
+                client_metadata_url=settings.client_metadata_url,
+                auth_method=settings.token_endpoint_auth_method,
+                private_key=settings.private_key is not None,
+                # No `scope`: it would cap what the client may ever ask for, and a step-up beyond it
+                # would need a new client id, which ends the MCP session on servers that bind
+                # sessions to the client.
+            ),
+            keep=keep_client,
+        )
+
+    async def _authorize(self, login: _Login, listener: CallbackListener) -> None:
+        """Log in: the tokens (and the DPoP key they are bound to, a new one per login, E3) are saved
+        and taken in the same shield as the exchange that bought them, so a stop or a cancelled login
+        between the answer and the save cannot lose the grant (DESIGN rule 10)."""
         actor = self._actor
         grant = actor.grant
         settings = actor.settings
@@ -266,28 +305,12 @@ class Logins:
         self._authorizations[key] = self._authorizations.get(key, 0) + 1
         if login.mode != "device":
             oauth.require_s256(discovery)  # before registering: no client at a server we will not use (A1)
-        registration = grant.registrations.get(discovery.issuer)
-        if registration is None or must_register(registration, scopes, listener.redirect_uri):
-            registration = await actor.drive(
-                oauth.register(
-                    discovery,
-                    policy=actor.policy,
-                    redirect_uris=[listener.redirect_uri],
-                    now=actor.ctx.clock(),
-                    client_id=settings.client_id,
-                    client_secret=settings.client_secret,
-                    client_metadata_url=settings.client_metadata_url,
-                    auth_method=settings.token_endpoint_auth_method,
-                    private_key=settings.private_key is not None,
-                    # No `scope`: it would cap what the client may ever ask for, and a step-up beyond it
-                    # would need a new client id, which ends the MCP session on servers that bind
-                    # sessions to the client.
-                ),
-            )
-            grant.registrations[discovery.issuer] = registration
-            with trio.CancelScope(shield=True):
-                await grant.save()
+        registration = await self._client(discovery, scopes, listener.redirect_uri)
         sender = await actor.presenter.sender(dpop_key)
+
+        async def keep(tokens: oauth.TokenSet) -> None:
+            await grant.save(tokens, dpop_key)
+            grant.take(tokens, dpop_key=dpop_key)
 
         if login.mode == "device":
             if discovery.device_authorization_endpoint is None:
@@ -301,11 +324,12 @@ class Logins:
                 login.user_code = effect.user_code
                 login.url_known.set()
 
-            tokens = await actor.drive(
+            await actor.drive(
                 oauth.device_flow(discovery, registration, policy=actor.policy, scopes=scopes, sender=sender),
                 on_device_code=on_device_code,
+                keep=keep,
             )
-            return tokens, dpop_key
+            return
 
         async def on_redirect(effect: oauth.AwaitRedirect) -> Mapping[str, str]:
             send_pasted, receive_pasted = trio.open_memory_channel[str](1)
@@ -339,7 +363,7 @@ class Logins:
                 raise outcomes[0]
             return outcomes[0]
 
-        tokens = await actor.drive(
+        await actor.drive(
             oauth.authorization_code_flow(
                 discovery,
                 registration,
@@ -350,5 +374,5 @@ class Logins:
                 sender=sender,
             ),
             on_redirect=on_redirect,
+            keep=keep,
         )
-        return tokens, dpop_key

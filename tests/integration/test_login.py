@@ -14,11 +14,14 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import httpx
 import pytest
 
+from ncp_client import ServerError
+from ncp_client._protocol import call
 from tests.harness import Env, Stack, StackFactory, oauth_entry, tool_names, wait_until
 from tests.servers.browser_http import run_login
 
@@ -187,6 +190,10 @@ def test_first_use_from_terminals_logs_in_once(env: Env, stack: StackFactory) ->
     try:
         outputs = [p.communicate(timeout=120) for p in procs]
     finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
         for master, _ in terminals:
             os.close(master)
     assert [p.returncode for p in procs] == [0, 0], outputs
@@ -225,6 +232,33 @@ def test_pasted_redirect_url_completes_the_login(env: Env, stack: StackFactory) 
     assert "Authorized srv" in done.stdout
     assert "echo" in tool_names(s.mcp.url, env.run("ncp-token", "srv").stdout.strip())
     assert s.oidc.stats()["token_requests"]["authorization_code"] == 1
+
+
+def test_a_second_paste_while_the_first_is_redeemed_is_refused(env: Env, stack: StackFactory) -> None:
+    """One answer per login: a code pasted again while the first paste's exchange is in flight is refused
+    at once (the daemon never waits on it), the first completes the login, and the code is redeemed once."""
+    s = stack(ttl=60, login=False)  # outlives the held answer
+    proc = env.spawn("ncp-broker", "login", "srv", "--no-browser", stdin=subprocess.PIPE)
+    try:
+        result = run_login(pending_login_url(s), deliver=False)
+        assert result.redirect_url is not None, result.reason
+        s.oidc.set_token_endpoint("late", seconds=3, grant_types=["authorization_code"], count=1)
+        request = {"op": "login_complete", "server": "srv", "response": result.redirect_url}
+        with ThreadPoolExecutor(1) as pool:
+            first = pool.submit(call, request, timeout=60, socket_path=env.socket)
+            wait_until(lambda: s.oidc.stats()["token_late"] == 1, 30, message=lambda: "the exchange held")
+            with pytest.raises(ServerError) as again:
+                call(request, timeout=10, socket_path=env.socket)
+            assert again.value.code == "bad_request"
+            assert "pasted for this login already" in again.value.message
+            assert first.result()["token"]
+    finally:
+        proc.kill()
+        proc.communicate()
+    assert s.oidc.stats()["token_requests"]["authorization_code"] == 1
+    token = env.run("ncp-token", "srv")
+    assert token.returncode == 0, token.stderr + s.daemon.log_text()
+    assert "echo" in tool_names(s.mcp.url, token.stdout.strip())
 
 
 def _with_param(url: str, name: str, value: str) -> str:
